@@ -1,0 +1,30 @@
+# The two commands a new user needs: `make run` and `make test`.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := python3 -m uv
+endif
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test install lint typecheck migrations-check pytest browser-deps collectstatic
+
+install:
+	@scripts/ensure-uv
+	$(UV) sync --frozen
+
+## Install, migrate, and serve on http://127.0.0.1:8000 with the offline demo model.
+run: install
+	DJANGO_DEBUG=1 $(UV) run --frozen python manage.py migrate --no-input
+	DJANGO_DEBUG=1 $(UV) run --frozen python manage.py runserver $(HOST):$(PORT)
+
+## Lint, type-check, check migrations, and run every test, browser tests included.
+test: install browser-deps
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+	DJANGO_DEBUG=1 $(UV) run --frozen mypy .
+	DJANGO_DEBUG=1 $(UV) run --frozen python manage.py makemigrations --check --dry-run
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+browser-deps:
+	@scripts/ensure-chromium

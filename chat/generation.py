@@ -1,0 +1,265 @@
+"""The generation task: run a provider, coalesce its deltas into frames, log and flush.
+
+A generation belongs to no HTTP connection. It is started once its message is committed,
+writes frames to the stream log, saves its text to the database on a timer, and always
+ends by recording exactly one terminal status, whatever happens to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Literal
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from chat import services
+from chat.events import Outcome
+from chat.models import Message
+from chat.providers.base import Finish, ProviderError, TextDelta, Usage
+from chat.providers.registry import model_choice, provider_for
+from chat.rendering import render_markdown
+from chat.streams import get_stream_log
+
+logger = logging.getLogger(__name__)
+
+CancelReason = Literal["stopped", "interrupted"]
+
+# Generations write from their own small pool: Django's shared thread-sensitive thread
+# would serialise every stream's writes behind request work.
+_db_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="chat-db")
+
+_running: dict[uuid.UUID, Generation] = {}
+
+
+def _closing[**P, R](fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        # Outside the request cycle nobody else closes this thread's connection.
+        close_old_connections()
+
+
+async def run_db[**P, R](fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_db_pool, partial(_closing, fn, *args, **kwargs))
+
+
+def is_running(message_id: uuid.UUID) -> bool:
+    return message_id in _running
+
+
+def generation_start(plan: services.GenerationPlan) -> Generation:
+    """Start the generation of a committed `streaming` message on the running loop."""
+    generation = Generation(plan)
+    get_stream_log().open(plan.message_id)
+    _running[plan.message_id] = generation
+    # A fresh context: the request's context (and its thread-sensitive executor) ends
+    # with the request, while the generation goes on.
+    generation.task = asyncio.create_task(generation.run(), context=contextvars.Context())
+    generation.task.add_done_callback(lambda _task: _running.pop(plan.message_id, None))
+    return generation
+
+
+def generation_cancel(message_id: uuid.UUID, reason: CancelReason = "stopped") -> bool:
+    """Cancel a generation running in this process; False when there is none here."""
+    generation = _running.get(message_id)
+    if generation is None:
+        return False
+    generation.cancel(reason)
+    return True
+
+
+async def generation_wait(message_id: uuid.UUID, seconds: float) -> None:
+    """Wait (at most `seconds`) for a generation of this process to record its end."""
+    generation = _running.get(message_id)
+    if generation is not None and generation.task is not None:
+        await asyncio.wait([generation.task], timeout=seconds)
+
+
+class Generation:
+    def __init__(self, plan: services.GenerationPlan) -> None:
+        self.plan = plan
+        self.message_id = plan.message_id
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_reason: CancelReason | None = None
+        self._log = get_stream_log()
+        self._parts: list[str] = []
+        self._length = 0
+        self._flushed_length = 0
+        self._pending: list[str] = []
+        self._last_frame = float("-inf")
+        self._timer: asyncio.TimerHandle | None = None
+        self._started = 0.0
+        self._ttft_ms: int | None = None
+
+    def cancel(self, reason: CancelReason) -> None:
+        if self.task is not None and not self.task.done() and self.cancel_reason is None:
+            self.cancel_reason = reason
+            self.task.cancel()
+
+    # --- Frames ---------------------------------------------------------------------
+
+    def _add(self, text: str) -> None:
+        loop = asyncio.get_running_loop()
+        if self._ttft_ms is None:
+            self._ttft_ms = int((time.monotonic() - self._started) * 1000)
+        self._pending.append(text)
+        if loop.time() - self._last_frame >= settings.CHAT_FRAME_INTERVAL:
+            self._emit()
+        elif self._timer is None:
+            self._timer = loop.call_at(self._last_frame + settings.CHAT_FRAME_INTERVAL, self._emit)
+
+    def _emit(self) -> None:
+        """Append everything pending as one frame. The first delta goes out at once."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        frame = "".join(self._pending)
+        self._pending.clear()
+        self._parts.append(frame)
+        self._length += len(frame)
+        self._log.append(self.message_id, frame)
+        self._last_frame = asyncio.get_running_loop().time()
+
+    def _content(self) -> str:
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    # --- The task -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._started = time.monotonic()
+        outcome = await self._generate()
+        self._emit()
+        content = self._content()
+        duration_ms = int((time.monotonic() - self._started) * 1000)
+        try:
+            await run_db(
+                services.message_finish,
+                message_id=self.message_id,
+                content=content,
+                outcome=outcome,
+                ttft_ms=self._ttft_ms,
+                duration_ms=duration_ms,
+            )
+        finally:
+            await self._log.finish(self.message_id, outcome, render_markdown(content))
+        logger.info(
+            "generation end message=%s user=%s model=%s status=%s error=%s "
+            "prompt_tokens=%s completion_tokens=%s ttft_ms=%s duration_ms=%s chars=%s",
+            self.message_id,
+            self.plan.user_id,
+            self.plan.model,
+            outcome.status,
+            outcome.error_code or "-",
+            outcome.prompt_tokens,
+            outcome.completion_tokens,
+            self._ttft_ms,
+            duration_ms,
+            len(content),
+        )
+
+    async def _generate(self) -> Outcome:
+        logger.info(
+            "generation start message=%s user=%s model=%s",
+            self.message_id,
+            self.plan.user_id,
+            self.plan.model,
+        )
+        usage = Usage(None, None)
+        finish_reason = ""
+        watchdog = asyncio.create_task(self._watch())
+        try:
+            choice = model_choice(self.plan.model)
+            if choice is None:
+                raise ProviderError("internal", f"The model {self.plan.model!r} is not available.")
+            stream = provider_for(choice).stream(self.plan.request)
+            async with asyncio.timeout(settings.CHAT_GENERATION_TIMEOUT):
+                try:
+                    async for item in stream:
+                        if isinstance(item, TextDelta):
+                            if item.text:
+                                self._add(item.text)
+                        elif isinstance(item, Usage):
+                            usage = item
+                        elif isinstance(item, Finish):
+                            finish_reason = item.reason
+                finally:
+                    # Closing the provider's iterator closes its HTTP response.
+                    await stream.aclose()  # type: ignore[attr-defined]
+            return Outcome(Message.Status.COMPLETE, finish_reason, *usage_fields(usage))
+        except asyncio.CancelledError:
+            if self.cancel_reason is None:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            return Outcome(self.cancel_reason, self.cancel_reason, *usage_fields(usage))
+        except TimeoutError:
+            return Outcome(
+                Message.Status.ERROR,
+                "timeout",
+                *usage_fields(usage),
+                error_code="timeout",
+                error_message="The answer took longer than the time allowed.",
+                retryable=True,
+            )
+        except ProviderError as error:
+            return Outcome(
+                Message.Status.ERROR,
+                "error",
+                *usage_fields(usage),
+                error_code=error.code,
+                error_message=error.message,
+                retryable=error.retryable,
+            )
+        except Exception:
+            logger.exception("generation failed message=%s", self.message_id)
+            return Outcome(
+                Message.Status.ERROR,
+                "error",
+                *usage_fields(usage),
+                error_code="internal",
+                error_message="The server failed while writing this answer.",
+                retryable=True,
+            )
+        finally:
+            watchdog.cancel()
+
+    async def _watch(self) -> None:
+        """Flush text and heartbeat on a timer; stop the answer if nobody reads it."""
+        abandon_after = settings.CHAT_ABANDON_AFTER
+        while True:
+            await asyncio.sleep(settings.CHAT_FLUSH_INTERVAL)
+            changed = self._length != self._flushed_length
+            content = self._content() if changed else None
+            self._flushed_length = self._length
+            try:
+                await run_db(
+                    services.message_flush,
+                    message_id=self.message_id,
+                    content=content,
+                    ttft_ms=self._ttft_ms,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A missed flush costs only freshness; the final write carries all.
+                logger.exception("flush failed message=%s", self.message_id)
+            if abandon_after and self._log.idle_seconds(self.message_id) > abandon_after:
+                logger.info("generation abandoned message=%s", self.message_id)
+                self.cancel("interrupted")
+                return
+
+
+def usage_fields(usage: Usage) -> tuple[int | None, int | None]:
+    return usage.prompt_tokens, usage.completion_tokens

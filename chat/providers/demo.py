@@ -1,0 +1,109 @@
+"""The offline demo model: a Markdown-rich answer at a steady pace, no network."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+
+from chat.providers.base import ChatRequest, Finish, Provider, StreamItem, TextDelta, Usage
+
+_PIECES = re.compile(r"\s*\S+|\s+")
+
+_ANSWERS = (
+    """## A quick tour of this chat
+
+This answer comes from the **demo model**: it runs offline, needs no API key, and streams
+one token at a time so you can watch the page work.
+
+### What you can try
+- Press **Stop** (or `Escape`) while an answer is arriving.
+- Reload the page mid-answer: the text continues where it was, without a repeated word.
+- Copy the answer once it has finished.
+
+### A code block
+```python
+def fibonacci(n: int) -> list[int]:
+    \"\"\"The first n Fibonacci numbers.\"\"\"
+    numbers = [0, 1]
+    while len(numbers) < n:
+        numbers.append(numbers[-1] + numbers[-2])
+    return numbers[:n]
+```
+
+### A table
+| Transport | Resumes after a drop | Carries Stop |
+|-----------|---------------------|--------------|
+| SSE       | yes, by event id    | separate POST |
+| WebSocket | yes, by `after`     | same socket  |
+
+1. Connect a real model with `CHAT_MODELS`.
+2. Keep the demo for offline tests.
+
+> Everything here is rendered from Markdown on the server and sanitized.
+""",
+    """## Streaming, explained
+
+Each answer is produced by a **generation** that runs on the server independently of
+your browser. Your browser is only a *reader* of its stream.
+
+### Why that matters
+- A dropped connection loses nothing: the reader resumes from the last event id.
+- Two tabs can follow the same answer.
+- Stop cancels the generation itself, so no more tokens are paid for.
+
+### The event order
+```text
+start → token … token → usage → final
+```
+
+| Event  | Carries                    |
+|--------|----------------------------|
+| start  | the message id and model   |
+| token  | the next piece of text     |
+| final  | the status and the HTML    |
+
+1. Send a message.
+2. Watch the tokens arrive.
+3. Press *Regenerate* for another version.
+
+That is all there is to it.
+""",
+)
+
+
+def split_pieces(text: str) -> list[str]:
+    """Split text into token-sized pieces that join back to exactly the same text."""
+    return _PIECES.findall(text)
+
+
+class DemoProvider(Provider):
+    name = "demo"
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
+        return self._stream(request)
+
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
+        last = request.turns[-1].content if request.turns else ""
+        digest = hashlib.sha256(last.encode()).digest()
+        pieces = split_pieces(_ANSWERS[digest[0] % len(_ANSWERS)])[: request.max_output_tokens]
+        prompt_tokens = sum(len(split_pieces(turn.content)) for turn in request.turns)
+        prompt_tokens += len(split_pieces(request.system_prompt))
+
+        loop = asyncio.get_running_loop()
+        interval = 1.0 / settings.CHAT_DEMO_TOKENS_PER_SECOND
+        started = loop.time()
+        # A model takes a moment before its first token; so does the demo.
+        await asyncio.sleep(min(0.15, interval))
+        for index, piece in enumerate(pieces):
+            # Pace against the start time so that timer jitter does not accumulate.
+            delay = started + (index + 1) * interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            yield TextDelta(piece)
+        yield Usage(prompt_tokens=prompt_tokens, completion_tokens=len(pieces))
+        truncated = len(pieces) < len(split_pieces(_ANSWERS[digest[0] % len(_ANSWERS)]))
+        yield Finish("length" if truncated else "stop")

@@ -1,0 +1,74 @@
+"""The interface every stream log backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from uuid import UUID
+
+from chat.events import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """What a reader gets from one read.
+
+    `text` is the answer from the reader's position up to `end`. `outcome` is set once
+    the generation has finished and `end` is the answer's final length; `html` is then
+    the rendering of the whole answer.
+    """
+
+    text: str
+    end: int
+    outcome: Outcome | None = None
+    html: str = ""
+    # The reader's position lies beyond what the log holds: it cannot be honoured.
+    beyond: bool = False
+
+
+class StreamLog(ABC):
+    """Append-only text per message, plus how it ended.
+
+    Writers (the generation) call `open`, `append` any number of times, then `finish`.
+    `append` never blocks: backends that write to a server batch in the background.
+    Readers call `read` with the position they have, and get what follows, waiting up to
+    `wait` seconds for it.
+    """
+
+    @abstractmethod
+    def open(self, message_id: UUID) -> None: ...
+
+    @abstractmethod
+    def append(self, message_id: UUID, text: str) -> None: ...
+
+    @abstractmethod
+    async def finish(self, message_id: UUID, outcome: Outcome, html: str) -> None: ...
+
+    @abstractmethod
+    async def read(self, message_id: UUID, after: int, wait: float) -> Chunk | None:
+        """The text after position `after`, or None when the log does not know the message.
+
+        Returns at once when there is text or an outcome; otherwise waits up to `wait` seconds
+        and returns an empty chunk whose `end` equals `after`.
+        """
+
+    @abstractmethod
+    def idle_seconds(self, message_id: UUID) -> float:
+        """Seconds since the last reader of this message let go (0 while one reads)."""
+
+    @abstractmethod
+    def _reader_enter(self, message_id: UUID) -> None: ...
+
+    @abstractmethod
+    def _reader_exit(self, message_id: UUID) -> None: ...
+
+    @asynccontextmanager
+    async def reading(self, message_id: UUID) -> AsyncIterator[None]:
+        """Count a reader as present for as long as the block runs (see abandon timeout)."""
+        self._reader_enter(message_id)
+        try:
+            yield
+        finally:
+            self._reader_exit(message_id)

@@ -1,0 +1,104 @@
+"""The in-process stream log: a list of frames per message and an event to wake readers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from django.conf import settings
+
+from chat.events import Outcome
+from chat.streams.base import Chunk, StreamLog
+
+
+@dataclass(eq=False)
+class _Entry:
+    frames: list[str] = field(default_factory=list)
+    # ends[i] is the answer's length after frames[i]; strictly increasing.
+    ends: list[int] = field(default_factory=list)
+    outcome: Outcome | None = None
+    html: str = ""
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    readers: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+
+    @property
+    def length(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def text_after(self, after: int) -> str:
+        index = bisect_right(self.ends, after)
+        if index >= len(self.frames):
+            return ""
+        start = self.ends[index - 1] if index else 0
+        head = self.frames[index][after - start :]
+        return head + "".join(self.frames[index + 1 :])
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class MemoryStreamLog(StreamLog):
+    """Holds frames for the messages this process generates; only for one process."""
+
+    def __init__(self) -> None:
+        self._entries: dict[UUID, _Entry] = {}
+
+    def open(self, message_id: UUID) -> None:
+        self._entries[message_id] = _Entry()
+
+    def append(self, message_id: UUID, text: str) -> None:
+        entry = self._entries[message_id]
+        if not text or entry.outcome is not None:
+            return
+        entry.frames.append(text)
+        entry.ends.append(entry.length + len(text))
+        entry.wake()
+
+    async def finish(self, message_id: UUID, outcome: Outcome, html: str) -> None:
+        entry = self._entries[message_id]
+        entry.outcome = outcome
+        entry.html = html
+        entry.wake()
+        # Keep the finished stream briefly for readers that are catching up; the
+        # database serves everybody after that.
+        asyncio.get_running_loop().call_later(
+            settings.CHAT_LOG_RETENTION, self._entries.pop, message_id, None
+        )
+
+    async def read(self, message_id: UUID, after: int, wait: float) -> Chunk | None:
+        entry = self._entries.get(message_id)
+        if entry is None:
+            return None
+        if after < entry.length:
+            return Chunk(entry.text_after(after), entry.length, entry.outcome, entry.html)
+        if entry.outcome is not None or after > entry.length:
+            beyond = entry.outcome is None
+            return Chunk("", entry.length, entry.outcome, entry.html, beyond=beyond)
+        changed = entry.changed
+        try:
+            await asyncio.wait_for(changed.wait(), wait)
+        except TimeoutError:
+            return Chunk("", after)
+        return Chunk(entry.text_after(after), entry.length, entry.outcome, entry.html)
+
+    def idle_seconds(self, message_id: UUID) -> float:
+        entry = self._entries.get(message_id)
+        if entry is None or entry.readers:
+            return 0.0
+        return time.monotonic() - entry.idle_since
+
+    def _reader_enter(self, message_id: UUID) -> None:
+        entry = self._entries.get(message_id)
+        if entry is not None:
+            entry.readers += 1
+
+    def _reader_exit(self, message_id: UUID) -> None:
+        entry = self._entries.get(message_id)
+        if entry is not None and entry.readers:
+            entry.readers -= 1
+            entry.idle_since = time.monotonic()

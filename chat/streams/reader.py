@@ -1,0 +1,122 @@
+"""Follow one message's stream from a resume point: the logic shared by SSE and WebSocket.
+
+The reader only reads. It takes text from the stream log while the log holds the
+message, and from the database once it does not (finished long ago, or another process
+died with it), so the same ids mean the same text from either source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from chat import services
+from chat.events import (
+    Event,
+    Outcome,
+    final_id,
+    replay_tokens,
+    reset_event,
+    start_event,
+    terminal_events,
+    token_event,
+)
+from chat.models import Message
+from chat.rendering import render_markdown
+from chat.streams import get_stream_log
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Nothing happened for a while; transports send a keep-alive."""
+
+
+PING = Ping()
+
+
+def _reload(message_id: uuid.UUID) -> Message:
+    message = Message.objects.get(id=message_id)
+    return services.message_check_alive(message=message)
+
+
+def is_finished_at(message: Message, after: int | None) -> bool:
+    """True when `after` is the final event of a finished message: nothing follows."""
+    return (
+        after is not None
+        and message.status in Message.TERMINAL_STATUSES
+        and after == final_id(len(message.content))
+    )
+
+
+async def follow(
+    message: Message, after: int | None, *, reset: bool = False
+) -> AsyncIterator[Event | Ping]:
+    """The events after `after` (all of them when None), ending with `final`.
+
+    `message` must already be checked for access. With `reset` the reader's position is
+    unusable: it gets a `reset` with the text so far, then what follows.
+    """
+    log = get_stream_log()
+    message_id = message.id
+    if after is None and not reset:
+        yield start_event(str(message_id), message.model)
+    position = 0 if after is None else after
+
+    async with log.reading(message_id):
+        while True:
+            chunk = await log.read(message_id, position, settings.CHAT_PING_INTERVAL)
+            if chunk is None:
+                break  # not (or no longer) in the log: the database has it
+            if reset or chunk.beyond:
+                whole = await log.read(message_id, 0, 0)
+                if whole is None:
+                    break
+                yield reset_event(whole.text)
+                reset, position = False, whole.end
+                continue
+            if chunk.text:
+                yield token_event(chunk.text, chunk.end)
+                position = chunk.end
+            elif chunk.outcome is None:
+                yield PING
+            if chunk.outcome is not None:
+                whole = await log.read(message_id, 0, 0)
+                content = whole.text if whole is not None else ""
+                for event in _ending(content, chunk.outcome, chunk.html, position):
+                    yield event
+                return
+
+    # The database path: a finished message, or one whose generation is elsewhere/gone.
+    while True:
+        message = await sync_to_async(_reload)(message_id)
+        if message.status in Message.TERMINAL_STATUSES:
+            break
+        # Streaming, yet not in this process's log: the generation is starting, runs in
+        # another process, or died; the liveness check settles which within its grace.
+        await asyncio.sleep(1.0)
+        yield PING
+
+    content = message.content
+    if reset:
+        yield reset_event(content)
+        position = len(content)
+    elif position <= len(content):
+        for event in replay_tokens(content, position):
+            yield event
+    outcome = services.message_outcome(message=message)
+    for event in _ending(content, outcome, render_markdown(content), position):
+        yield event
+
+
+def _ending(content: str, outcome: Outcome, html: str, position: int) -> list[Event]:
+    """The terminal events after `position`, with a `reset` first if it is impossible."""
+    events = []
+    if position > final_id(len(content)):
+        events.append(reset_event(content))
+        position = len(content)
+    return events + terminal_events(content, outcome, html, position)

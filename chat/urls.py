@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from chat.views import api, pages, stream
+
+app_name = "chat"
+
+urlpatterns = [
+    path("", pages.home, name="home"),
+    path("c/<uuid:conversation_id>/", pages.conversation_page, name="conversation"),
+    path("chat/sidebar", pages.sidebar, name="sidebar"),
+    path("api/conversations", api.conversations, name="api-conversations"),
+    path("api/conversations/<str:conversation_id>", api.conversation, name="api-conversation"),
+    path(
+        "api/conversations/<str:conversation_id>/messages",
+        api.conversation_messages,
+        name="api-conversation-messages",
+    ),
+    path("api/messages/<str:message_id>", api.message, name="api-message"),
+    path("api/messages/<str:message_id>/stream", stream.message_stream, name="api-stream"),
+    path("api/messages/<str:message_id>/stop", api.message_stop, name="api-stop"),
+]

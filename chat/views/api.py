@@ -1,0 +1,153 @@
+"""The JSON API (CONTRACT §4). Thin: parse, check access, call a service, encode."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.contrib.auth.decorators import login_not_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from chat import services
+from chat.generation import generation_cancel, generation_start, generation_wait
+from chat.models import Message
+from chat.serializers import conversation_json, message_json
+from chat.views.errors import json_error
+
+ApiView = Callable[..., Coroutine[Any, Any, HttpResponse]]
+
+# How long Stop waits for the generation to record its end before answering.
+STOP_WAIT_SECONDS = 2.0
+
+
+def api(*methods: str) -> Callable[[ApiView], ApiView]:
+    """Route by method, require a user, parse JSON bodies, and map errors to JSON."""
+
+    def decorate(view: ApiView) -> ApiView:
+        @login_not_required
+        @wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                response = json_error(
+                    405, "method_not_allowed", f"{request.method} is not allowed here."
+                )
+                response["Allow"] = ", ".join(methods)
+                return response
+            user = await request.auser()
+            if not user.is_authenticated:
+                return json_error(401, "unauthenticated", "Sign in or send an API token.")
+            request.user = user
+            try:
+                return await view(request, *args, **kwargs)
+            except services.Throttled as error:
+                return json_error(
+                    error.status, error.code, error.message, Retry_After=str(error.retry_after)
+                )
+            except services.ServiceError as error:
+                return json_error(error.status, error.code, error.message)
+
+        return wrapper
+
+    return decorate
+
+
+def body(request: HttpRequest) -> dict[str, Any]:
+    if not request.body:
+        return {}
+    try:
+        data = json.loads(request.body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise services.ServiceError("The body is not valid JSON.", code="bad_json") from None
+    if not isinstance(data, dict):
+        raise services.ServiceError("The body must be a JSON object.", code="bad_json")
+    return data
+
+
+def _sent(user_message: Message, assistant: Message) -> dict[str, Any]:
+    return {
+        "user_message": message_json(user_message),
+        "assistant_message": message_json(assistant),
+        "stream_url": f"/api/messages/{assistant.id}/stream",
+    }
+
+
+@api("GET", "POST")
+async def conversations(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        data = body(request)
+        conversation = await sync_to_async(services.conversation_create)(
+            user=request.user,
+            title=data.get("title"),
+            model=data.get("model"),
+            system_prompt=data.get("system_prompt"),
+        )
+        return JsonResponse(conversation_json(conversation), status=201)
+
+    def listing() -> list[dict[str, Any]]:
+        return [conversation_json(c) for c in services.conversation_list(user=request.user)]
+
+    return JsonResponse({"conversations": await sync_to_async(listing)()})
+
+
+@api("GET", "PATCH", "DELETE")
+async def conversation(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    def handle() -> HttpResponse:
+        conversation = services.conversation_for(user=request.user, conversation_id=conversation_id)
+        if request.method == "DELETE":
+            services.conversation_delete(conversation=conversation)
+            return HttpResponse(status=204)
+        if request.method == "PATCH":
+            conversation = services.conversation_update(
+                conversation=conversation, changes=body(request)
+            )
+        branch = services.conversation_branch(conversation=conversation)
+        return JsonResponse(conversation_json(conversation, messages=branch))
+
+    return await sync_to_async(handle)()
+
+
+@api("POST")
+async def conversation_messages(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    data = body(request)
+
+    def send() -> tuple[services.GenerationPlan, dict[str, Any]]:
+        conversation = services.conversation_for(user=request.user, conversation_id=conversation_id)
+        user_message, assistant, plan = services.message_send(
+            user=request.user,
+            conversation=conversation,
+            content=data.get("content"),
+            parent_id=data.get("parent_id"),
+            model=data.get("model"),
+        )
+        return plan, _sent(user_message, assistant)
+
+    plan, answer = await sync_to_async(send)()
+    generation_start(plan)
+    return JsonResponse(answer, status=201)
+
+
+@api("GET")
+async def message(request: HttpRequest, message_id: str) -> HttpResponse:
+    found = await sync_to_async(services.message_for)(user=request.user, message_id=message_id)
+    return JsonResponse(await sync_to_async(message_json)(found))
+
+
+@api("POST")
+async def message_stop(request: HttpRequest, message_id: str) -> HttpResponse:
+    seen = body(request).get("seen")
+    if seen is not None and (not isinstance(seen, int) or isinstance(seen, bool) or seen < 0):
+        raise services.ServiceError("seen must be an event id (a whole number).")
+    found = await sync_to_async(services.message_for)(user=request.user, message_id=message_id)
+    if found.is_streaming:
+        if generation_cancel(found.id, "stopped"):
+            await generation_wait(found.id, STOP_WAIT_SECONDS)
+        else:
+            # No process is writing it (without Redis, only this one could be).
+            await sync_to_async(services.message_end_orphan)(
+                message_id=found.id, status=Message.Status.STOPPED
+            )
+    found = await sync_to_async(services.message_for)(user=request.user, message_id=message_id)
+    return JsonResponse(await sync_to_async(message_json)(found))

@@ -1,0 +1,77 @@
+"""Server-rendered pages (htmx where it helps). Thin: check access, call a service, render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_not_required
+from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.models import User
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+
+from chat import services
+from chat.models import Conversation
+from chat.providers.registry import available_models, default_model
+
+
+def _sidebar(request: HttpRequest, current: Conversation | None) -> dict[str, Any]:
+    return {
+        "conversations": services.conversation_list(user=request.user)[:200],
+        "current": current,
+    }
+
+
+def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+    branch = services.conversation_branch(conversation=conversation) if conversation else []
+    context = {
+        **_sidebar(request, conversation),
+        "conversation": conversation,
+        "branch": branch,
+        "models": available_models(),
+        "selected_model": conversation.model if conversation else default_model(),
+    }
+    return render(request, "chat/chat.html", context)
+
+
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    return _chat_page(request, None)
+
+
+@require_GET
+def conversation_page(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    try:
+        conversation = services.conversation_for(user=request.user, conversation_id=conversation_id)
+    except services.NotFound:
+        raise Http404("No such conversation.") from None
+    return _chat_page(request, conversation)
+
+
+@require_GET
+def sidebar(request: HttpRequest) -> HttpResponse:
+    current = None
+    if current_id := request.GET.get("current"):
+        try:
+            current = services.conversation_for(user=request.user, conversation_id=current_id)
+        except services.NotFound:
+            current = None
+    return render(request, "chat/chat.html#sidebar", _sidebar(request, current))
+
+
+@login_not_required
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    if not settings.CHAT_ALLOW_SIGNUP:
+        raise Http404("Sign-up is closed on this site.")
+    if request.user.is_authenticated:
+        return redirect("chat:home")
+    form: UserCreationForm[User] = UserCreationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return redirect("chat:home")
+    return render(request, "registration/signup.html", {"form": form})

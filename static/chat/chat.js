@@ -1,0 +1,331 @@
+// The stream client: send a message, follow its answer over SSE, stop it, copy it.
+// Everything else on the page is server-rendered HTML (and htmx).
+
+const transcript = document.getElementById("transcript");
+const composer = document.getElementById("composer");
+const input = document.getElementById("message-input");
+const sendButton = document.getElementById("send-button");
+const stopButton = document.getElementById("stop-button");
+const notice = document.getElementById("notice");
+const modelSelect = document.getElementById("model");
+const app = document.querySelector(".app");
+
+const csrfToken = JSON.parse(document.body.getAttribute("hx-headers") || "{}")["X-CSRFToken"];
+
+// message id -> Follower, for every answer this page is following.
+const followers = new Map();
+
+function showNotice(text) {
+  notice.textContent = text;
+  notice.hidden = !text;
+}
+
+async function api(method, url, body) {
+  const response = await fetch(url, {
+    method,
+    headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: "same-origin",
+  });
+  const data = response.status === 204 ? null : await response.json().catch(() => null);
+  if (!response.ok) {
+    const message = data?.error?.message || `The server answered ${response.status}.`;
+    const error = new Error(message);
+    error.status = response.status;
+    error.retryAfter = response.headers.get("Retry-After");
+    throw error;
+  }
+  return data;
+}
+
+function updateStopButton() {
+  const streaming = followers.size > 0;
+  stopButton.hidden = !streaming;
+}
+
+// Follows one answer's stream. Text is appended in batches on animation frames so a
+// fast stream costs one layout per frame, not one per token.
+class Follower {
+  constructor(article) {
+    this.article = article;
+    this.id = article.dataset.messageId;
+    this.url = article.dataset.streamUrl;
+    this.lastId = article.dataset.after ? Number(article.dataset.after) : null;
+    this.body = article.querySelector(".message__body");
+    this.status = article.querySelector("[data-role=status]");
+    this.copyButton = article.querySelector("[data-action=copy]");
+    this.text = this.body.querySelector(".stream-text");
+    if (!this.text) {
+      this.body.replaceChildren();
+      this.text = document.createElement("div");
+      this.text.className = "stream-text";
+      this.body.append(this.text);
+    }
+    this.markdown = this.text.textContent;
+    this.pending = "";
+    this.frame = 0;
+    this.retries = 0;
+    this.finished = false;
+    followers.set(this.id, this);
+    updateStopButton();
+    this.open();
+  }
+
+  open() {
+    const url = this.lastId === null ? this.url : `${this.url}?after=${this.lastId}`;
+    const source = new EventSource(url);
+    this.source = source;
+    const on = (name, handler) =>
+      source.addEventListener(name, (event) => {
+        if (event.lastEventId) this.lastId = Number(event.lastEventId);
+        handler(JSON.parse(event.data));
+      });
+    on("start", () => {});
+    on("token", (data) => this.append(data.text));
+    on("reset", (data) => this.reset(data.content));
+    on("usage", (data) => (this.usage = data));
+    on("error", (data) => (this.error = data));
+    on("final", (data) => this.finish(data));
+    source.addEventListener("open", () => (this.retries = 0));
+    // EventSource retries network drops by itself (resending Last-Event-ID); it gives up
+    // on an HTTP error or a 204. Then we decide: done, or reopen from the last id.
+    source.onerror = () => {
+      if (this.finished || source.readyState !== EventSource.CLOSED) return;
+      this.recover();
+    };
+  }
+
+  async recover() {
+    this.source.close();
+    try {
+      const message = await api("GET", `/api/messages/${this.id}`);
+      if (message.status !== "streaming" && this.lastId !== null && this.lastId > message.content.length) {
+        // We already saw the end (the server answered 204).
+        this.finish({ status: message.status, content: message.content, html: null });
+        return;
+      }
+    } catch (error) {
+      if (error.status === 401 || error.status === 404) {
+        this.fail(error.message);
+        return;
+      }
+    }
+    const delay = Math.min(10000, 500 * 2 ** this.retries++);
+    setTimeout(() => this.finished || this.open(), delay);
+  }
+
+  append(text) {
+    this.markdown += text;
+    this.pending += text;
+    this.status.replaceChildren();
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
+  }
+
+  flush() {
+    this.frame = 0;
+    if (this.pending) {
+      this.text.append(this.pending);
+      this.pending = "";
+    }
+  }
+
+  reset(content) {
+    this.markdown = content;
+    this.pending = "";
+    this.text.textContent = content;
+  }
+
+  finish(data) {
+    this.finished = true;
+    this.source?.close();
+    cancelAnimationFrame(this.frame);
+    this.markdown = data.content;
+    if (data.html !== null) {
+      this.body.innerHTML = data.html; // sanitized by the server; hx-disable on the body
+    } else {
+      this.text.textContent = data.content;
+    }
+    this.article.dataset.status = data.status;
+    this.article.dataset.markdown = data.content;
+    this.article.setAttribute("aria-busy", "false");
+    const labels = { stopped: "Stopped", interrupted: "Interrupted", error: "Error" };
+    let label = labels[data.status] || "";
+    if (data.status === "error" && this.error?.message) label = `Error: ${this.error.message}`;
+    this.status.textContent = label;
+    this.copyButton.disabled = false;
+    followers.delete(this.id);
+    updateStopButton();
+  }
+
+  fail(text) {
+    this.finished = true;
+    this.source?.close();
+    this.article.setAttribute("aria-busy", "false");
+    this.status.textContent = text;
+    followers.delete(this.id);
+    updateStopButton();
+  }
+
+  async stop() {
+    try {
+      await api("POST", `/api/messages/${this.id}/stop`, { seen: this.lastId ?? 0 });
+    } catch (error) {
+      showNotice(error.message);
+    }
+  }
+}
+
+function messageArticle(message, role) {
+  const article = document.createElement("article");
+  article.className = `message message--${role}`;
+  article.dataset.messageId = message.id;
+  article.dataset.status = message.status;
+  article.dataset.markdown = message.content;
+  article.setAttribute("aria-label", role === "user" ? "You" : "Assistant");
+  const roleLabel = document.createElement("div");
+  roleLabel.className = "message__role";
+  roleLabel.setAttribute("aria-hidden", "true");
+  roleLabel.textContent = role === "user" ? "You" : "Assistant";
+  const body = document.createElement("div");
+  body.className = "message__body";
+  body.setAttribute("hx-disable", "");
+  article.append(roleLabel, body);
+  if (role === "user") {
+    const paragraph = document.createElement("p");
+    paragraph.className = "plain";
+    paragraph.textContent = message.content;
+    body.append(paragraph);
+    article.setAttribute("aria-busy", "false");
+  } else {
+    article.setAttribute("aria-busy", "true");
+    const status = document.createElement("p");
+    status.className = "message__status";
+    status.dataset.role = "status";
+    status.innerHTML = '<span class="thinking">Thinking…</span>';
+    const actions = document.createElement("div");
+    actions.className = "message__actions";
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.className = "copy";
+    copy.dataset.action = "copy";
+    copy.disabled = true;
+    copy.textContent = "Copy";
+    actions.append(copy);
+    article.append(status, actions);
+  }
+  return article;
+}
+
+async function ensureConversation() {
+  if (app.dataset.conversationId) return app.dataset.conversationId;
+  const conversation = await api("POST", "/api/conversations", { model: modelSelect?.value });
+  app.dataset.conversationId = conversation.id;
+  history.replaceState(null, "", `/c/${conversation.id}/`);
+  return conversation.id;
+}
+
+async function send() {
+  const content = input.value;
+  if (!content.trim() || sendButton.disabled) return;
+  if (followers.size) {
+    showNotice("Wait for the answer to finish, or stop it first.");
+    return;
+  }
+  sendButton.disabled = true;
+  showNotice("");
+  try {
+    const conversationId = await ensureConversation();
+    const result = await api("POST", `/api/conversations/${conversationId}/messages`, {
+      content,
+      model: modelSelect?.value,
+    });
+    input.value = "";
+    autoGrow();
+    transcript.querySelector(".empty-state")?.remove();
+    const userArticle = messageArticle(result.user_message, "user");
+    const answer = messageArticle(result.assistant_message, "assistant");
+    answer.dataset.streamUrl = result.stream_url;
+    transcript.append(userArticle, answer);
+    answer.scrollIntoView({ block: "end" });
+    new Follower(answer);
+    document.body.dispatchEvent(new CustomEvent("chat:refresh-sidebar"));
+  } catch (error) {
+    const wait = error.retryAfter ? ` (try again in ${error.retryAfter} s)` : "";
+    showNotice(error.message + wait);
+  } finally {
+    sendButton.disabled = false;
+    input.focus();
+  }
+}
+
+function stopAll() {
+  for (const follower of followers.values()) follower.stop();
+}
+
+async function copy(button) {
+  const article = button.closest(".message");
+  const text = article.dataset.markdown || "";
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    const area = document.createElement("textarea");
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  const label = button.textContent;
+  button.textContent = "Copied";
+  setTimeout(() => (button.textContent = label), 1500);
+}
+
+function autoGrow() {
+  input.style.height = "auto";
+  input.style.height = `${Math.min(input.scrollHeight, 240)}px`;
+}
+
+composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  send();
+});
+input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    send();
+  }
+});
+input.addEventListener("input", autoGrow);
+stopButton.addEventListener("click", stopAll);
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && followers.size) {
+    event.preventDefault();
+    stopAll();
+  }
+});
+transcript.addEventListener("click", (event) => {
+  const button = event.target.closest("[data-action=copy]");
+  if (button && !button.disabled) copy(button);
+});
+modelSelect?.addEventListener("change", async () => {
+  const id = app.dataset.conversationId;
+  if (!id) return;
+  try {
+    await api("PATCH", `/api/conversations/${id}`, { model: modelSelect.value });
+  } catch (error) {
+    showNotice(error.message);
+  }
+});
+const menuToggle = document.querySelector(".menu-toggle");
+menuToggle?.addEventListener("click", () => {
+  const open = app.classList.toggle("sidebar-open");
+  menuToggle.setAttribute("aria-expanded", String(open));
+});
+
+// Answers still being written when the page loaded (a reload mid-answer): follow them
+// from where the server-rendered text ends.
+for (const article of transcript.querySelectorAll("article[data-stream-url]")) {
+  new Follower(article);
+}
+transcript.lastElementChild?.scrollIntoView({ block: "end" });
+input.focus();
