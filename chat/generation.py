@@ -20,7 +20,7 @@ from typing import Literal
 from django.conf import settings
 from django.db import close_old_connections
 
-from chat import services
+from chat import metrics, services
 from chat.events import Outcome
 from chat.models import Message
 from chat.providers.base import Finish, ProviderError, TextDelta, Usage
@@ -99,10 +99,16 @@ class Generation:
         self._timer: asyncio.TimerHandle | None = None
         self._started = 0.0
         self._ttft_ms: int | None = None
+        self._finishing = False
 
     def cancel(self, reason: CancelReason) -> None:
-        if self.task is not None and not self.task.done() and self.cancel_reason is None:
-            self.cancel_reason = reason
+        # Once the answer is being recorded, a late Stop has nothing left to stop.
+        if self.task is None or self._finishing or self.cancel_reason is not None:
+            return
+        self.cancel_reason = reason
+        # A task cancelled before its first step would never run its own clean-up;
+        # one that has not started yet sees the reason and ends at once instead.
+        if self._started:
             self.task.cancel()
 
     # --- Frames ---------------------------------------------------------------------
@@ -129,6 +135,7 @@ class Generation:
         self._parts.append(frame)
         self._length += len(frame)
         self._log.append(self.message_id, frame)
+        metrics.CHARS_RELAYED.inc(len(frame))
         self._last_frame = asyncio.get_running_loop().time()
 
     def _content(self) -> str:
@@ -140,7 +147,13 @@ class Generation:
 
     async def run(self) -> None:
         self._started = time.monotonic()
-        outcome = await self._generate()
+        metrics.STREAMS_STARTED.labels(self.plan.model).inc()
+        metrics.STREAMS_ACTIVE.inc()
+        try:
+            outcome = await self._generate()
+        finally:
+            metrics.STREAMS_ACTIVE.dec()
+        self._finishing = True
         self._emit()
         content = self._content()
         duration_ms = int((time.monotonic() - self._started) * 1000)
@@ -155,6 +168,7 @@ class Generation:
             )
         finally:
             await self._log.finish(self.message_id, outcome, render_markdown(content))
+        self._record_metrics(outcome, duration_ms)
         logger.info(
             "generation end message=%s user=%s model=%s status=%s error=%s "
             "prompt_tokens=%s completion_tokens=%s ttft_ms=%s duration_ms=%s chars=%s",
@@ -170,6 +184,20 @@ class Generation:
             len(content),
         )
 
+    def _cancel_reason(self) -> CancelReason | None:
+        return self.cancel_reason
+
+    def _record_metrics(self, outcome: Outcome, duration_ms: int) -> None:
+        model = self.plan.model
+        metrics.STREAMS_FINISHED.labels(model, outcome.status).inc()
+        metrics.STREAM_SECONDS.labels(model, outcome.status).observe(duration_ms / 1000)
+        if self._ttft_ms is not None:
+            metrics.TTFT_SECONDS.labels(model).observe(self._ttft_ms / 1000)
+        if outcome.completion_tokens:
+            metrics.TOKENS_RELAYED.labels(model).inc(outcome.completion_tokens)
+        if outcome.error_code:
+            metrics.PROVIDER_ERRORS.labels(outcome.error_code).inc()
+
     async def _generate(self) -> Outcome:
         logger.info(
             "generation start message=%s user=%s model=%s",
@@ -179,6 +207,8 @@ class Generation:
         )
         usage = Usage(None, None)
         finish_reason = ""
+        if self.cancel_reason is not None:
+            return Outcome(self.cancel_reason, self.cancel_reason)
         watchdog = asyncio.create_task(self._watch())
         try:
             choice = model_choice(self.plan.model)
@@ -197,13 +227,17 @@ class Generation:
                             finish_reason = item.reason
                 finally:
                     # Closing the provider's iterator closes its HTTP response.
-                    await stream.aclose()  # type: ignore[attr-defined]
+                    await stream.aclose()
             return Outcome(Message.Status.COMPLETE, finish_reason, *usage_fields(usage))
         except asyncio.CancelledError:
-            if self.cancel_reason is None:
+            # Read again: the reason was set by Stop or the watchdog while we awaited.
+            reason = self._cancel_reason()
+            if reason is None:
                 raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            return Outcome(self.cancel_reason, self.cancel_reason, *usage_fields(usage))
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            return Outcome(reason, reason, *usage_fields(usage))
         except TimeoutError:
             return Outcome(
                 Message.Status.ERROR,

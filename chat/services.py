@@ -16,7 +16,8 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from chat.events import Outcome
@@ -101,9 +102,7 @@ def conversation_list(*, user: User) -> QuerySet[Conversation]:
 
 def conversation_for(*, user: User, conversation_id: Any) -> Conversation:
     try:
-        return Conversation.objects.get(
-            id=_parse_id(conversation_id), user_id=_user_id(user)
-        )
+        return Conversation.objects.get(id=_parse_id(conversation_id), user_id=_user_id(user))
     except Conversation.DoesNotExist:
         raise NotFound("No such conversation.") from None
 
@@ -212,6 +211,20 @@ def _check_send_limits(*, user: User) -> None:
                 f"You already have {running} answers streaming; stop one or wait.",
                 retry_after=5,
                 code="too_many_streams",
+            )
+    quota = settings.CHAT_DAILY_TOKEN_QUOTA
+    if quota:
+        now = timezone.now()
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        used = Message.objects.filter(
+            conversation__user_id=_user_id(user), created_at__gte=midnight
+        ).aggregate(total=Coalesce(Sum("prompt_tokens"), 0) + Coalesce(Sum("completion_tokens"), 0))
+        if used["total"] >= quota:
+            tomorrow = midnight + timedelta(days=1)
+            raise Throttled(
+                f"You have used your {quota} tokens for today.",
+                retry_after=max(int((tomorrow - now).total_seconds()), 1),
+                code="quota_exceeded",
             )
     per_minute = settings.CHAT_RATE_LIMIT_PER_MINUTE
     if per_minute:

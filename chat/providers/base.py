@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -63,4 +63,4 @@ class Provider(ABC):
     name: str
 
     @abstractmethod
-    def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]: ...
+    def stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem]: ...

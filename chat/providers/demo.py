@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from django.conf import settings
 
@@ -83,10 +83,10 @@ def split_pieces(text: str) -> list[str]:
 class DemoProvider(Provider):
     name = "demo"
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
+    def stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem]:
         return self._stream(request)
 
-    async def _stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]:
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem]:
         last = request.turns[-1].content if request.turns else ""
         digest = hashlib.sha256(last.encode()).digest()
         pieces = split_pieces(_ANSWERS[digest[0] % len(_ANSWERS)])[: request.max_output_tokens]

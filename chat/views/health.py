@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 logger = logging.getLogger(__name__)
 
@@ -36,3 +39,17 @@ def _database_ok() -> bool:
     except Exception:
         logger.warning("readiness: database check failed", exc_info=True)
         return False
+
+
+@login_not_required
+@never_cache
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text for `Authorization: Bearer $METRICS_TOKEN` or a staff session."""
+    token = settings.METRICS_TOKEN
+    authorization = request.headers.get("Authorization", "")
+    bearer_ok = bool(token) and hmac.compare_digest(
+        authorization.encode(), f"Bearer {token}".encode()
+    )
+    if not bearer_ok and not (request.user.is_authenticated and request.user.is_staff):
+        return HttpResponse("Forbidden\n", status=403, content_type="text/plain")
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
