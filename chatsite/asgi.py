@@ -12,8 +12,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 # Build the Django app (and so the app registry) before importing code that uses models.
 django_asgi_app = get_asgi_application()
 
+from chat.providers.registry import warm_up  # noqa: E402
 from chat.recovery import sweep_in_background  # noqa: E402
 
 sweep_in_background()
+warm_up()
 
 application = ProtocolTypeRouter({"http": django_asgi_app})
