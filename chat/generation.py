@@ -117,6 +117,10 @@ class Generation:
         loop = asyncio.get_running_loop()
         if self._ttft_ms is None:
             self._ttft_ms = int((time.monotonic() - self._started) * 1000)
+        if "\x00" in text:
+            # PostgreSQL cannot store NUL in text; replace it before anyone reads it, so
+            # the log and the database always hold the same answer.
+            text = text.replace("\x00", "\ufffd")
         self._pending.append(text)
         if loop.time() - self._last_frame >= settings.CHAT_FRAME_INTERVAL:
             self._emit()

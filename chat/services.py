@@ -281,6 +281,9 @@ def message_send(
                 "A message must follow an answer (parent_id of an assistant message)."
             )
         if parent is not None and parent.is_streaming:
+            # An answer whose generation died must not block the conversation for good.
+            parent = message_check_alive(message=parent)
+        if parent is not None and parent.is_streaming:
             raise Conflict("The previous answer is still streaming; stop it first.")
         _check_send_limits(user=user)
 

@@ -69,7 +69,9 @@ async def follow(
 
     async with log.reading(message_id):
         while True:
-            chunk = await log.read(message_id, position, settings.CHAT_PING_INTERVAL)
+            # A pending reset goes out at once, even before the answer has any text.
+            wait = 0 if reset else settings.CHAT_PING_INTERVAL
+            chunk = await log.read(message_id, position, wait)
             if chunk is None:
                 break  # not (or no longer) in the log: the database has it
             if reset or chunk.beyond:
