@@ -7,7 +7,7 @@ endif
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install lint typecheck migrations-check pytest browser-deps collectstatic
+.PHONY: run test install lint typecheck migrations-check pytest browser-deps collectstatic screenshot
 
 install:
 	@scripts/ensure-uv
@@ -28,3 +28,7 @@ test: install browser-deps
 
 browser-deps:
 	@scripts/ensure-chromium
+
+## Refresh docs/screenshot.png (a browser test that runs only when asked to).
+screenshot: install browser-deps
+	UPDATE_SCREENSHOT=1 $(UV) run --frozen pytest tests/browser -k screenshot

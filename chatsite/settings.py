@@ -6,7 +6,10 @@ variables; see `.env.example` and the README for the full list.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -152,7 +155,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     # A file, not SQLite's shared memory, so test threads wait for locks rather than fail.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".pytest-db.sqlite3")}
+    # One per test process, so that two test runs on one machine never share it.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(Path(tempfile.gettempdir()) / f"chatsite-tests-{os.getpid()}.sqlite3")
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -211,10 +217,22 @@ if HTTPS:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
 
+
+def _csp_hash(value: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(value.encode()).digest()).decode() + "'"
+
+
+# The only inline styles rendered Markdown may carry (nh3 keeps nothing else): the column
+# alignment of tables, allowed by hash so that no other inline style can apply.
+_ALIGNMENT_STYLES = [
+    f"text-align:{space}{side}" for side in ("left", "center", "right") for space in ("", " ")
+]
+
 SECURE_CSP = {
     "default-src": [CSP.SELF],
     "script-src": [CSP.SELF, CSP.NONCE],
     "style-src": [CSP.SELF],
+    "style-src-attr": [CSP.UNSAFE_HASHES, *map(_csp_hash, _ALIGNMENT_STYLES)],
     "img-src": [CSP.SELF, "data:"],
     "connect-src": [CSP.SELF],
     "font-src": [CSP.SELF],
@@ -253,6 +271,18 @@ CHAT_MAX_CONCURRENT_STREAMS = env_int("CHAT_MAX_CONCURRENT_STREAMS", 3)
 CHAT_DAILY_TOKEN_QUOTA = env_int("CHAT_DAILY_TOKEN_QUOTA", 0)
 CHAT_ABANDON_AFTER = env_float("CHAT_ABANDON_AFTER", 30.0)
 CHAT_SYSTEM_PROMPT = env_str("CHAT_SYSTEM_PROMPT", "You are a helpful assistant.")
+
+# Model providers; empty means unset. `openai` is offered with a key, or with only a base
+# URL, for keyless local OpenAI-compatible servers (Ollama, llama.cpp, vLLM); `anthropic`
+# needs a key. A provider that is not configured offers none of its CHAT_MODELS.
+OPENAI_API_KEY = env_str("OPENAI_API_KEY")
+OPENAI_BASE_URL = env_str("OPENAI_BASE_URL")
+ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
+ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL")
+# Seconds to open a connection to a provider, and the longest silence allowed between two
+# reads of its answer (its headers included): a provider that stalls ends as `timeout`.
+CHAT_PROVIDER_CONNECT_TIMEOUT = env_float("CHAT_PROVIDER_CONNECT_TIMEOUT", 10.0, minimum=0.01)
+CHAT_PROVIDER_READ_TIMEOUT = env_float("CHAT_PROVIDER_READ_TIMEOUT", 120.0, minimum=0.01)
 
 # How often a generation coalesces deltas into one frame of the stream log, writes its
 # text to the database, and proves it is alive. A heartbeat older than the stale

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
@@ -12,10 +13,15 @@ from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
+from django_htmx.middleware import HtmxDetails
 
 from chat import services
 from chat.models import Conversation
 from chat.providers.registry import available_models, default_model
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
 
 
 def _sidebar(request: HttpRequest, current: Conversation | None) -> dict[str, Any]:
@@ -52,9 +58,15 @@ def conversation_page(request: HttpRequest, conversation_id: str) -> HttpRespons
 
 
 @require_GET
-def sidebar(request: HttpRequest) -> HttpResponse:
+def sidebar(request: HtmxHttpRequest) -> HttpResponse:
+    # The page's own URL says which conversation is open (htmx sends it along), so a
+    # page whose URL changed after its first message still gets the right highlight.
+    current_id = request.GET.get("current")
+    if not current_id and request.htmx and request.htmx.current_url_abs_path:
+        match = re.fullmatch(r"/c/([0-9a-f-]{36})/", request.htmx.current_url_abs_path)
+        current_id = match.group(1) if match else None
     current = None
-    if current_id := request.GET.get("current"):
+    if current_id:
         try:
             current = services.conversation_for(user=request.user, conversation_id=current_id)
         except services.NotFound:

@@ -316,10 +316,42 @@ modelSelect?.addEventListener("change", async () => {
     showNotice(error.message);
   }
 });
+// A new chat gets its title from its first message, on the server: once the refreshed
+// sidebar marks the current conversation, show that title in the header and the tab.
+const chatTitle = document.querySelector(".chat__title");
+document.body.addEventListener("htmx:afterSettle", () => {
+  const current = document.querySelector("#sidebar a[aria-current=page]");
+  if (!current || !chatTitle || chatTitle.textContent === current.textContent) return;
+  chatTitle.textContent = current.textContent;
+  document.title = `${current.textContent} · Chat`;
+});
 const menuToggle = document.querySelector(".menu-toggle");
-menuToggle?.addEventListener("click", () => {
-  const open = app.classList.toggle("sidebar-open");
-  menuToggle.setAttribute("aria-expanded", String(open));
+function setSidebarOpen(open) {
+  app.classList.toggle("sidebar-open", open);
+  menuToggle?.setAttribute("aria-expanded", String(open));
+}
+menuToggle?.addEventListener("click", () =>
+  setSidebarOpen(!app.classList.contains("sidebar-open")),
+);
+// On a small screen the open sidebar covers the Menu button: a click beside it (on the
+// dimmed page, which it must not activate) or Escape closes it.
+document.addEventListener(
+  "click",
+  (event) => {
+    if (!app.classList.contains("sidebar-open") || event.target.closest(".sidebar")) return;
+    if (getComputedStyle(menuToggle).display === "none") return; // wide screen: no overlay
+    event.preventDefault();
+    event.stopPropagation();
+    setSidebarOpen(false);
+    menuToggle.focus();
+  },
+  true,
+);
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && app.classList.contains("sidebar-open")) {
+    setSidebarOpen(false);
+    menuToggle?.focus();
+  }
 });
 
 // Answers still being written when the page loaded (a reload mid-answer): follow them
