@@ -245,6 +245,78 @@ def _path_to(message: Message | None) -> list[Message]:
     return path
 
 
+def _clean_content(content: Any) -> str:
+    if not isinstance(content, str) or not content.strip():
+        raise ServiceError("The message is empty.", code="empty_message")
+    if len(content) > settings.CHAT_MAX_PROMPT_CHARS:
+        raise TooLarge(f"The message is longer than {settings.CHAT_MAX_PROMPT_CHARS} characters.")
+    return content
+
+
+def _available_model(model_id: str) -> str:
+    if model_choice(model_id) is None:
+        raise ServiceError(f"The model {model_id!r} is not available.", code="unknown_model")
+    return model_id
+
+
+def _lock(conversation: Conversation) -> Conversation:
+    return Conversation.objects.select_for_update().get(pk=conversation.pk)
+
+
+def _check_not_streaming(parent: Message | None) -> None:
+    if parent is not None and parent.is_streaming:
+        # An answer whose generation died must not block the conversation for good.
+        parent = message_check_alive(message=parent)
+    if parent is not None and parent.is_streaming:
+        raise Conflict("The previous answer is still streaming; stop it first.")
+
+
+def _add_answer(
+    *, user: User, conversation: Conversation, parent: Message, model_id: str
+) -> tuple[Message, GenerationPlan]:
+    """Add a streaming answer to `parent` (a user message) and make it current.
+
+    Precondition: inside a transaction holding the conversation's row lock.
+    """
+    _check_send_limits(user=user)
+    assistant = Message.objects.create(
+        conversation=conversation,
+        parent=parent,
+        role=Message.Role.ASSISTANT,
+        status=Status.STREAMING,
+        model=model_id,
+        heartbeat_at=timezone.now(),
+    )
+    conversation.current_leaf = assistant
+    if not conversation.title:
+        conversation.title = _title_from(parent.content)
+    conversation.save(update_fields=["current_leaf", "title", "updated_at"])
+    return assistant, _generation_plan(conversation=conversation, assistant=assistant)
+
+
+def _add_exchange(
+    *,
+    user: User,
+    conversation: Conversation,
+    parent: Message | None,
+    content: str,
+    model_id: str,
+) -> tuple[Message, Message, GenerationPlan]:
+    """Add a user message after `parent` and its streaming answer. Same precondition."""
+    _check_not_streaming(parent)
+    user_message = Message.objects.create(
+        conversation=conversation,
+        parent=parent,
+        role=Message.Role.USER,
+        content=content,
+        status=Status.COMPLETE,
+    )
+    assistant, plan = _add_answer(
+        user=user, conversation=conversation, parent=user_message, model_id=model_id
+    )
+    return user_message, assistant, plan
+
+
 def message_send(
     *,
     user: User,
@@ -259,16 +331,10 @@ def message_send(
     must start the returned plan's generation once this function has returned (and so
     committed), or the answer would stay `streaming` until the stale sweep.
     """
-    if not isinstance(content, str) or not content.strip():
-        raise ServiceError("The message is empty.", code="empty_message")
-    if len(content) > settings.CHAT_MAX_PROMPT_CHARS:
-        raise TooLarge(f"The message is longer than {settings.CHAT_MAX_PROMPT_CHARS} characters.")
-    model_id = conversation.model if model is None else _clean_model(model)
-    if model_choice(model_id) is None:
-        raise ServiceError(f"The model {model_id!r} is not available.", code="unknown_model")
-
+    content = _clean_content(content)
+    model_id = _available_model(conversation.model if model is None else _clean_model(model))
     with transaction.atomic():
-        conversation = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        conversation = _lock(conversation)
         if parent_id is None:
             parent = conversation.current_leaf
         else:
@@ -280,35 +346,63 @@ def message_send(
             raise ServiceError(
                 "A message must follow an answer (parent_id of an assistant message)."
             )
-        if parent is not None and parent.is_streaming:
-            # An answer whose generation died must not block the conversation for good.
-            parent = message_check_alive(message=parent)
-        if parent is not None and parent.is_streaming:
-            raise Conflict("The previous answer is still streaming; stop it first.")
-        _check_send_limits(user=user)
+        return _add_exchange(
+            user=user, conversation=conversation, parent=parent, content=content, model_id=model_id
+        )
 
-        now = timezone.now()
-        user_message = Message.objects.create(
+
+def message_edit(
+    *, user: User, message: Message, content: Any
+) -> tuple[Message, Message, GenerationPlan]:
+    """A new version of a user message, beside the old one, with a new answer.
+
+    Nothing is deleted: the old version and everything after it stay reachable.
+    Same caller duty as `message_send`.
+    """
+    if message.role != Message.Role.USER:
+        raise ServiceError("Only your own messages can be edited.", code="not_a_user_message")
+    content = _clean_content(content)
+    with transaction.atomic():
+        conversation = _lock(message.conversation)
+        model_id = _available_model(conversation.model)
+        return _add_exchange(
+            user=user,
             conversation=conversation,
-            parent=parent,
-            role=Message.Role.USER,
+            parent=message.parent,
             content=content,
-            status=Status.COMPLETE,
+            model_id=model_id,
         )
-        assistant = Message.objects.create(
-            conversation=conversation,
-            parent=user_message,
-            role=Message.Role.ASSISTANT,
-            status=Status.STREAMING,
-            model=model_id,
-            heartbeat_at=now,
+
+
+def message_regenerate(*, user: User, message: Message) -> tuple[Message, GenerationPlan]:
+    """A new version of an answer, beside the old one. Same caller duty as `message_send`."""
+    if message.role != Message.Role.ASSISTANT or message.parent is None:
+        raise ServiceError("Only answers can be regenerated.", code="not_an_answer")
+    _check_not_streaming(message)
+    with transaction.atomic():
+        conversation = _lock(message.conversation)
+        model_id = _available_model(conversation.model)
+        return _add_answer(
+            user=user, conversation=conversation, parent=message.parent, model_id=model_id
         )
-        conversation.current_leaf = assistant
-        if not conversation.title:
-            conversation.title = _title_from(content)
-        conversation.save(update_fields=["current_leaf", "title", "updated_at"])
-        plan = _generation_plan(conversation=conversation, assistant=assistant)
-    return user_message, assistant, plan
+
+
+def message_select(*, message: Message) -> Conversation:
+    """Make the branch through `message` current, down to its most recent leaf."""
+    children: dict[uuid.UUID | None, list[tuple[Any, uuid.UUID]]] = {}
+    for child_id, parent_id, created_at in Message.objects.filter(
+        conversation_id=message.conversation_id
+    ).values_list("id", "parent_id", "created_at"):
+        children.setdefault(parent_id, []).append((created_at, child_id))
+    leaf = message.id
+    while children.get(leaf):
+        leaf = max(children[leaf])[1]
+    with transaction.atomic():
+        conversation = _lock(message.conversation)
+        conversation.current_leaf_id = leaf
+        # Switching versions is reading, not activity: the list order stays.
+        conversation.save(update_fields=["current_leaf"])
+    return conversation
 
 
 def _title_from(content: str) -> str:

@@ -20,4 +20,7 @@ urlpatterns = [
     path("api/messages/<str:message_id>", api.message, name="api-message"),
     path("api/messages/<str:message_id>/stream", stream.message_stream, name="api-stream"),
     path("api/messages/<str:message_id>/stop", api.message_stop, name="api-stop"),
+    path("api/messages/<str:message_id>/edit", api.message_edit, name="api-edit"),
+    path("api/messages/<str:message_id>/regenerate", api.message_regenerate, name="api-regenerate"),
+    path("api/messages/<str:message_id>/select", api.message_select, name="api-select"),
 ]

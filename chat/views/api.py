@@ -70,8 +70,12 @@ def _sent(user_message: Message, assistant: Message) -> dict[str, Any]:
     return {
         "user_message": message_json(user_message),
         "assistant_message": message_json(assistant),
-        "stream_url": f"/api/messages/{assistant.id}/stream",
+        "stream_url": stream_url(assistant),
     }
+
+
+def stream_url(message: Message) -> str:
+    return f"/api/messages/{message.id}/stream"
 
 
 @api("GET", "POST")
@@ -151,3 +155,45 @@ async def message_stop(request: HttpRequest, message_id: str) -> HttpResponse:
             )
     found = await sync_to_async(services.message_for)(user=request.user, message_id=message_id)
     return JsonResponse(await sync_to_async(message_json)(found))
+
+
+@api("POST")
+async def message_edit(request: HttpRequest, message_id: str) -> HttpResponse:
+    data = body(request)
+
+    def edit() -> tuple[services.GenerationPlan, dict[str, Any]]:
+        found = services.message_for(user=request.user, message_id=message_id)
+        user_message, assistant, plan = services.message_edit(
+            user=request.user, message=found, content=data.get("content")
+        )
+        return plan, _sent(user_message, assistant)
+
+    plan, answer = await sync_to_async(edit)()
+    generation_start(plan)
+    return JsonResponse(answer, status=201)
+
+
+@api("POST")
+async def message_regenerate(request: HttpRequest, message_id: str) -> HttpResponse:
+    def regenerate() -> tuple[services.GenerationPlan, dict[str, Any]]:
+        found = services.message_for(user=request.user, message_id=message_id)
+        assistant, plan = services.message_regenerate(user=request.user, message=found)
+        return plan, {
+            "assistant_message": message_json(assistant),
+            "stream_url": stream_url(assistant),
+        }
+
+    plan, answer = await sync_to_async(regenerate)()
+    generation_start(plan)
+    return JsonResponse(answer, status=201)
+
+
+@api("POST")
+async def message_select(request: HttpRequest, message_id: str) -> HttpResponse:
+    def select() -> dict[str, Any]:
+        found = services.message_for(user=request.user, message_id=message_id)
+        conversation = services.message_select(message=found)
+        branch = services.conversation_branch(conversation=conversation)
+        return conversation_json(conversation, messages=branch)
+
+    return JsonResponse(await sync_to_async(select)())
