@@ -59,7 +59,9 @@ def is_running(message_id: uuid.UUID) -> bool:
 def generation_start(plan: services.GenerationPlan) -> Generation:
     """Start the generation of a committed `streaming` message on the running loop."""
     generation = Generation(plan)
-    get_stream_log().open(plan.message_id)
+    log = get_stream_log()
+    log.cancel_handler = generation_cancel  # a Stop said to another process reaches us
+    log.open(plan.message_id)
     _running[plan.message_id] = generation
     # A fresh context: the request's context (and its thread-sensitive executor) ends
     # with the request, while the generation goes on.
@@ -75,6 +77,19 @@ def generation_cancel(message_id: uuid.UUID, reason: CancelReason = "stopped") -
         return False
     generation.cancel(reason)
     return True
+
+
+async def generation_stop(message_id: uuid.UUID, seconds: float) -> bool:
+    """Stop a generation wherever it runs; wait (at most `seconds`) if it runs here.
+
+    Returns False when it does not run in this process: the Stop was broadcast, and the
+    process that runs it (if any) records the end.
+    """
+    if generation_cancel(message_id, "stopped"):
+        await generation_wait(message_id, seconds)
+        return True
+    await get_stream_log().broadcast_cancel(message_id)
+    return False
 
 
 async def generation_wait(message_id: uuid.UUID, seconds: float) -> None:
@@ -293,7 +308,7 @@ class Generation:
             except Exception:
                 # A missed flush costs only freshness; the final write carries all.
                 logger.exception("flush failed message=%s", self.message_id)
-            if abandon_after and self._log.idle_seconds(self.message_id) > abandon_after:
+            if abandon_after and await self._log.idle_seconds(self.message_id) > abandon_after:
                 logger.info("generation abandoned message=%s", self.message_id)
                 self.cancel("interrupted")
                 return

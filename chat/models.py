@@ -89,3 +89,27 @@ class Message(models.Model):
     @property
     def is_streaming(self) -> bool:
         return self.status == self.Status.STREAMING
+
+
+class UserSettings(models.Model):
+    """A user's preferences. The row appears the first time they change one."""
+
+    class Transport(models.TextChoices):
+        SSE = "sse", "Server-sent events"
+        WEBSOCKET = "ws", "WebSocket"
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="chat_settings",
+    )
+    # How the chat page follows answers; both speak the same events.
+    transport = models.CharField(max_length=8, choices=Transport.choices, default=Transport.SSE)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "user settings"
+
+    def __str__(self) -> str:
+        return f"settings of user {self.user_id}"

@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from chat.events import Outcome
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, UserSettings
 from chat.providers.base import ChatRequest, Turn
 from chat.providers.registry import default_model, model_choice
 
@@ -59,6 +59,11 @@ class Conflict(ServiceError):
 class TooLarge(ServiceError):
     status = 413
     code = "too_large"
+
+
+class Unavailable(ServiceError):
+    status = 503
+    code = "unavailable"
 
 
 class Throttled(ServiceError):
@@ -535,3 +540,30 @@ def message_outcome(*, message: Message) -> Outcome:
         error_message=message.error_message,
         retryable=message.error_code in RETRYABLE,
     )
+
+
+# --- User settings -----------------------------------------------------------------
+
+
+def user_settings_for(*, user: User) -> UserSettings:
+    """The user's settings: the defaults, unsaved, until they change one."""
+    user_id = _user_id(user)
+    try:
+        return UserSettings.objects.get(user_id=user_id)
+    except UserSettings.DoesNotExist:
+        return UserSettings(user_id=user_id)
+
+
+def user_settings_update(*, user: User, changes: dict[str, Any]) -> UserSettings:
+    unknown = set(changes) - {"transport"}
+    if unknown:
+        raise ServiceError(f"Unknown field: {sorted(unknown)[0]}.")
+    user_settings = user_settings_for(user=user)
+    if "transport" in changes:
+        transport = changes["transport"]
+        if transport not in UserSettings.Transport.values:
+            choices = ", ".join(UserSettings.Transport.values)
+            raise ServiceError(f"transport must be one of: {choices}.")
+        user_settings.transport = transport
+    user_settings.save()
+    return user_settings

@@ -289,10 +289,51 @@ CHAT_PROVIDER_READ_TIMEOUT = env_float("CHAT_PROVIDER_READ_TIMEOUT", 120.0, mini
 # threshold means the process that ran the generation is gone.
 CHAT_FRAME_INTERVAL = 0.04
 CHAT_FLUSH_INTERVAL = 1.0
-CHAT_HEARTBEAT_STALE_AFTER = 20.0
+CHAT_HEARTBEAT_STALE_AFTER = env_float("CHAT_HEARTBEAT_STALE_AFTER", 20.0, minimum=2.0)
 CHAT_PING_INTERVAL = 15.0
 # How long a finished stream stays in the in-process log before readers use the database.
 CHAT_LOG_RETENTION = 60.0
 
 METRICS_TOKEN = env_str("METRICS_TOKEN")
+
+# --- WebSocket ---------------------------------------------------------------------
+
+# The largest client frame the consumer reads; a larger one gets a `too_large` error frame.
+# By default the HTTP body limit, or more when longer prompts are allowed: it must hold a
+# message of CHAT_MAX_PROMPT_CHARS characters at 4 bytes each (UTF-8), plus the frame's
+# other fields. daphne's own limit (`--websocket-max-message-size` in the Procfile) must be
+# at least this; daphne closes the socket (1009) on a larger frame before the app sees it.
+_WS_FRAME_MINIMUM = 4 * CHAT_MAX_PROMPT_CHARS + 4096
+CHAT_WS_MAX_FRAME_BYTES = env_int(
+    "CHAT_WS_MAX_FRAME_BYTES", max(DATA_UPLOAD_MAX_MEMORY_SIZE, _WS_FRAME_MINIMUM), minimum=1
+)
+if CHAT_WS_MAX_FRAME_BYTES < _WS_FRAME_MINIMUM:
+    raise ImproperlyConfigured(
+        f"CHAT_WS_MAX_FRAME_BYTES must be at least {_WS_FRAME_MINIMUM} so that a message of "
+        f"CHAT_MAX_PROMPT_CHARS={CHAT_MAX_PROMPT_CHARS} characters fits in one frame"
+    )
+# Streams one socket may follow at once (each is a task reading the stream log).
+CHAT_WS_MAX_SUBSCRIPTIONS = env_int("CHAT_WS_MAX_SUBSCRIPTIONS", 8, minimum=1)
+
+# The channel layer carries control messages only (close a session's sockets when it logs
+# out), never tokens: those come from the stream log. In-process by default, which serves
+# one process; with REDIS_URL the Redis layer (channels_redis) replaces it.
+CHANNEL_LAYERS: dict[str, dict[str, object]] = {
+    "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+}
+
+# --- Several processes -------------------------------------------------------------
+
 REDIS_URL = env_str("REDIS_URL")
+# Namespace of this site's keys and channels, so several sites can share one Redis.
+CHAT_REDIS_PREFIX = env_str("CHAT_REDIS_PREFIX", "chat:")
+# How long a finished stream stays in Redis before readers use the database.
+CHAT_REDIS_LOG_RETENTION = 600.0
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": CHAT_REDIS_PREFIX,
+        }
+    }

@@ -151,12 +151,12 @@ async def test_idle_time_counts_only_without_readers(
 ) -> None:
     log.open(message_id)
     await asyncio.sleep(0.05)
-    assert log.idle_seconds(message_id) >= 0.04
+    assert await log.idle_seconds(message_id) >= 0.04
 
     async with log.reading(message_id):
-        assert log.idle_seconds(message_id) == 0
+        assert await log.idle_seconds(message_id) == 0
         async with log.reading(message_id):
-            assert log.idle_seconds(message_id) == 0
-        assert log.idle_seconds(message_id) == 0  # one reader is still there
-    assert log.idle_seconds(message_id) < 0.04  # the clock restarted when the last left
-    assert log.idle_seconds(uuid.uuid4()) == 0.0
+            assert await log.idle_seconds(message_id) == 0
+        assert await log.idle_seconds(message_id) == 0  # one reader is still there
+    assert await log.idle_seconds(message_id) < 0.04  # the clock restarted when the last left
+    assert await log.idle_seconds(uuid.uuid4()) == 0.0

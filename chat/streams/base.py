@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -29,6 +29,9 @@ class Chunk:
 
 
 class StreamLog(ABC):
+    # Called with a message id when another process asks for a Stop (set by generation).
+    cancel_handler: Callable[[UUID], object] | None = None
+
     """Append-only text per message, plus how it ended.
 
     Writers (the generation) call `open`, `append` any number of times, then `finish`.
@@ -55,20 +58,21 @@ class StreamLog(ABC):
         """
 
     @abstractmethod
-    def idle_seconds(self, message_id: UUID) -> float:
-        """Seconds since the last reader of this message let go (0 while one reads)."""
+    async def idle_seconds(self, message_id: UUID) -> float:
+        """Seconds since a reader last followed this message (about 0 while one reads)."""
 
     @abstractmethod
-    def _reader_enter(self, message_id: UUID) -> None: ...
-
-    @abstractmethod
-    def _reader_exit(self, message_id: UUID) -> None: ...
-
-    @asynccontextmanager
-    async def reading(self, message_id: UUID) -> AsyncIterator[None]:
+    def reading(self, message_id: UUID) -> AbstractAsyncContextManager[None]:
         """Count a reader as present for as long as the block runs (see abandon timeout)."""
-        self._reader_enter(message_id)
-        try:
-            yield
-        finally:
-            self._reader_exit(message_id)
+
+    @abstractmethod
+    async def check_available(self) -> None:
+        """Raise LogUnavailable when the log cannot take a new generation now."""
+
+    @abstractmethod
+    async def broadcast_cancel(self, message_id: UUID) -> None:
+        """Ask every process to cancel this generation (a no-op within one process)."""
+
+
+class LogUnavailable(Exception):
+    """The stream log's server cannot be reached."""

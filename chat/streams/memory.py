@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_right
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -86,19 +88,26 @@ class MemoryStreamLog(StreamLog):
             return Chunk("", after)
         return Chunk(entry.text_after(after), entry.length, entry.outcome, entry.html)
 
-    def idle_seconds(self, message_id: UUID) -> float:
+    async def check_available(self) -> None:
+        return None  # in-process: always there
+
+    async def broadcast_cancel(self, message_id: UUID) -> None:
+        return None  # only this process can run it, and generation_cancel looked here
+
+    async def idle_seconds(self, message_id: UUID) -> float:
         entry = self._entries.get(message_id)
         if entry is None or entry.readers:
             return 0.0
         return time.monotonic() - entry.idle_since
 
-    def _reader_enter(self, message_id: UUID) -> None:
+    @asynccontextmanager
+    async def reading(self, message_id: UUID) -> AsyncIterator[None]:
         entry = self._entries.get(message_id)
         if entry is not None:
             entry.readers += 1
-
-    def _reader_exit(self, message_id: UUID) -> None:
-        entry = self._entries.get(message_id)
-        if entry is not None and entry.readers:
-            entry.readers -= 1
-            entry.idle_since = time.monotonic()
+        try:
+            yield
+        finally:
+            if entry is not None:
+                entry.readers -= 1
+                entry.idle_since = time.monotonic()

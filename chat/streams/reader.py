@@ -8,6 +8,7 @@ died with it), so the same ids mean the same text from either source.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -66,14 +67,26 @@ async def follow(
     if after is None and not reset:
         yield start_event(str(message_id), message.model)
     position = 0 if after is None else after
+    last_ping = time.monotonic()
 
     async with log.reading(message_id):
         while True:
             # A pending reset goes out at once, even before the answer has any text.
             wait = 0 if reset else settings.CHAT_PING_INTERVAL
             chunk = await log.read(message_id, position, wait)
-            if chunk is None:
-                break  # not (or no longer) in the log: the database has it
+            silent = chunk is not None and not (chunk.text or chunk.outcome or chunk.beyond)
+            if chunk is None or (silent and not reset):
+                # Not in the log (finished long ago, not started yet, or its process
+                # died), or silent: the database says whether it is still alive.
+                message = await sync_to_async(_reload)(message_id)
+                if message.status in Message.TERMINAL_STATUSES:
+                    break
+                if silent or time.monotonic() - last_ping >= settings.CHAT_PING_INTERVAL:
+                    last_ping = time.monotonic()
+                    yield PING
+                if chunk is None:
+                    await asyncio.sleep(0.25)
+                continue
             if reset or chunk.beyond:
                 whole = await log.read(message_id, 0, 0)
                 if whole is None:
@@ -84,8 +97,6 @@ async def follow(
             if chunk.text:
                 yield token_event(chunk.text, chunk.end)
                 position = chunk.end
-            elif chunk.outcome is None:
-                yield PING
             if chunk.outcome is not None:
                 whole = await log.read(message_id, 0, 0)
                 content = whole.text if whole is not None else ""
@@ -93,16 +104,7 @@ async def follow(
                     yield event
                 return
 
-    # The database path: a finished message, or one whose generation is elsewhere/gone.
-    while True:
-        message = await sync_to_async(_reload)(message_id)
-        if message.status in Message.TERMINAL_STATUSES:
-            break
-        # Streaming, yet not in this process's log: the generation is starting, runs in
-        # another process, or died; the liveness check settles which within its grace.
-        await asyncio.sleep(1.0)
-        yield PING
-
+    # The database has the answer's end: it finished long ago, or its process died.
     content = message.content
     if reset:
         yield reset_event(content)

@@ -1,0 +1,267 @@
+"""The Redis stream log: any process serves any reader and honours any Stop.
+
+Each message is a Redis Stream whose entry ids are positions in the answer, as the
+event ids are: a text frame ending at position E has id `E-0` and carries its start
+`s` and text `t`; the opening entry is `0-1`; the outcome entry has id `L+3-0` (the
+`final` event's id). A reader at position P asks for the entries after `P-0`, and the
+first one it gets contains P, so any position resumes without the writer's help.
+
+Writes never block the generation: `append` queues the frame and one background writer
+sends everything queued in one pipelined round trip, with one PUBLISH per message to
+wake readers in every process. Readers wait on a per-process subscription, not on a
+blocking read per reader. Stop travels on a second channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+from chat.events import FINAL_OFFSET, Outcome
+from chat.streams.base import Chunk, LogUnavailable, StreamLog
+
+logger = logging.getLogger(__name__)
+
+# A reader refreshes its presence this often; the generation counts it as reading while
+# the mark is younger than twice that.
+PRESENCE_EVERY = 5.0
+# Longest single wait for a wake-up; a missed one costs at most this much delay.
+WAKE_SLICE = 5.0
+
+Fields = dict[FieldT, EncodableT]
+Op = tuple[str, str, Fields, asyncio.Future[None] | None]
+
+
+class RedisStreamLog(StreamLog):
+    def __init__(self, url: str, *, prefix: str, retention: float, max_lifetime: float) -> None:
+        self._url = url
+        self._prefix = prefix
+        self._retention = int(retention)
+        self._max_lifetime = int(max_lifetime)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- Per-loop state --------------------------------------------------------------
+    # redis-py's asyncio connections belong to the loop that made them; tests run one
+    # loop per test, servers one loop per process.
+
+    def _state(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        self._loop = loop
+        self._redis = aioredis.Redis.from_url(
+            self._url, decode_responses=True, socket_timeout=10, socket_connect_timeout=2
+        )
+        self._lengths: dict[UUID, int] = {}
+        self._opened: dict[UUID, float] = {}
+        self._queue: list[Op] = []
+        self._queued = asyncio.Event()
+        self._wakers: dict[str, asyncio.Event] = {}
+        self._writer = loop.create_task(self._write_forever())
+        self._listener = loop.create_task(self._listen_forever())
+
+    def _key(self, message_id: UUID | str) -> str:
+        return f"{self._prefix}log:{message_id}"
+
+    # --- Writing ---------------------------------------------------------------------
+
+    def open(self, message_id: UUID) -> None:
+        self._state()
+        self._lengths[message_id] = 0
+        self._opened[message_id] = time.monotonic()
+        self._enqueue(message_id, "0-1", {"open": "1"})
+
+    def append(self, message_id: UUID, text: str) -> None:
+        if not text:
+            return
+        start = self._lengths[message_id]
+        end = start + len(text)
+        self._lengths[message_id] = end
+        self._enqueue(message_id, f"{end}-0", {"s": start, "t": text})
+
+    async def finish(self, message_id: UUID, outcome: Outcome, html: str) -> None:
+        length = self._lengths.pop(message_id, 0)
+        self._opened.pop(message_id, None)
+        fields: Fields = {"o": json.dumps(dataclasses.asdict(outcome)), "h": html, "n": length}
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(message_id, f"{length + FINAL_OFFSET}-0", fields, done)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done, 5.0)
+
+    def _enqueue(
+        self,
+        message_id: UUID,
+        entry_id: str,
+        fields: Fields,
+        done: asyncio.Future[None] | None = None,
+    ) -> None:
+        self._queue.append((str(message_id), entry_id, fields, done))
+        self._queued.set()
+
+    async def _write_forever(self) -> None:
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            ops, self._queue = self._queue, []
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    woken = set()
+                    for message_id, entry_id, fields, done in ops:
+                        key = self._key(message_id)
+                        pipe.xadd(key, fields, id=entry_id)
+                        if entry_id == "0-1":
+                            pipe.expire(key, self._max_lifetime + self._retention)
+                        elif done is not None:
+                            pipe.expire(key, self._retention)
+                        woken.add(message_id)
+                    for message_id in woken:
+                        pipe.publish(f"{self._prefix}wake", message_id)
+                    await pipe.execute()
+            except RedisError:
+                # Readers fall back to the database, which the generation keeps current.
+                logger.exception("stream log write failed for %d entries", len(ops))
+            for *_, done in ops:
+                if done is not None and not done.done():
+                    done.set_result(None)
+
+    # --- Wake-ups and Stop -----------------------------------------------------------
+
+    async def _listen_forever(self) -> None:
+        wake, cancel = f"{self._prefix}wake", f"{self._prefix}cancel"
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(wake, cancel)
+                    async for item in pubsub.listen():
+                        if item.get("type") != "message":
+                            continue
+                        message_id = str(item["data"])
+                        if item["channel"] == wake:
+                            waker = self._wakers.pop(message_id, None)
+                            if waker is not None:
+                                waker.set()
+                        elif self.cancel_handler is not None:
+                            self.cancel_handler(UUID(message_id))
+            except RedisError:
+                logger.warning("stream log subscription lost; retrying", exc_info=True)
+                # Wake every waiting reader: they re-read rather than miss a frame.
+                for waker in self._wakers.values():
+                    waker.set()
+                self._wakers.clear()
+                await asyncio.sleep(1.0)
+
+    async def broadcast_cancel(self, message_id: UUID) -> None:
+        self._state()
+        await self._redis.publish(f"{self._prefix}cancel", str(message_id))
+
+    async def check_available(self) -> None:
+        self._state()
+        try:
+            await asyncio.wait_for(self._redis.ping(), 2.0)
+        except (RedisError, OSError, TimeoutError) as error:
+            raise LogUnavailable(str(error)) from error
+
+    # --- Reading ---------------------------------------------------------------------
+
+    async def read(self, message_id: UUID, after: int, wait: float) -> Chunk | None:
+        self._state()
+        key = self._key(message_id)
+        deadline = time.monotonic() + wait
+        while True:
+            # Take the waker before reading, so a frame written meanwhile still wakes us.
+            waker = self._wakers.setdefault(str(message_id), asyncio.Event())
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.xrange(key, f"({after}-0", "+")
+                    pipe.xrevrange(key, "+", "-", count=1)
+                    entries, last = await pipe.execute()
+            except RedisError:
+                logger.warning("stream log read failed; using the database", exc_info=True)
+                return None
+            if not last:
+                return None
+            chunk = _chunk(entries, last[0], after)
+            if chunk is not None:
+                return chunk
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Chunk("", after)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waker.wait(), min(remaining, WAKE_SLICE))
+
+    # --- Presence ----------------------------------------------------------------------
+
+    async def idle_seconds(self, message_id: UUID) -> float:
+        self._state()
+        try:
+            seen = await self._redis.get(f"{self._prefix}seen:{message_id}")
+        except RedisError:
+            return 0.0  # unknown: never abandon on a Redis hiccup
+        if seen is not None:
+            idle = time.time() - float(seen)
+            return 0.0 if idle < 2 * PRESENCE_EVERY else idle
+        opened = self._opened.get(message_id)
+        return 0.0 if opened is None else time.monotonic() - opened
+
+    @contextlib.asynccontextmanager
+    async def reading(self, message_id: UUID) -> AsyncIterator[None]:
+        self._state()
+        key = f"{self._prefix}seen:{message_id}"
+
+        async def mark() -> None:
+            with contextlib.suppress(RedisError):
+                await self._redis.set(key, str(time.time()), ex=self._max_lifetime)
+
+        async def keep_marking() -> None:
+            while True:
+                await mark()
+                await asyncio.sleep(PRESENCE_EVERY)
+
+        task = asyncio.get_running_loop().create_task(keep_marking())
+        try:
+            yield
+        finally:
+            task.cancel()
+            # The last reader's departure starts the idle clock at the right moment.
+            await asyncio.shield(mark())
+
+
+def _chunk(entries: list[Any], last: Any, after: int) -> Chunk | None:
+    """The chunk after `after` from the entries following it, or None to wait for more."""
+    parts = []
+    end = after
+    outcome: Outcome | None = None
+    html = ""
+    for entry_id, fields in entries:
+        if "t" in fields:
+            start = int(fields["s"])
+            parts.append(fields["t"][max(after - start, 0) :])
+            end = int(entry_id.split("-")[0])
+        elif "o" in fields:
+            outcome = Outcome(**json.loads(fields["o"]))
+            html = fields["h"]
+            end = int(fields["n"])
+    last_id, last_fields = last
+    if outcome is None and "o" in last_fields:
+        # Finished, and the reader is past the text: the outcome is all there is.
+        outcome = Outcome(**json.loads(last_fields["o"]))
+        html = last_fields["h"]
+        end = int(last_fields["n"])
+        return Chunk("", end, outcome, html)
+    if parts or outcome is not None:
+        return Chunk("".join(parts), end, outcome, html)
+    length = int(last_id.split("-")[0])
+    if after > length:
+        return Chunk("", length, beyond=True)
+    return None
