@@ -7,7 +7,7 @@ endif
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install lint typecheck migrations-check pytest browser-deps collectstatic screenshot
+.PHONY: run test test-postgres install browser-deps services screenshot
 
 install:
 	@scripts/ensure-uv
@@ -19,15 +19,23 @@ run: install
 	DJANGO_DEBUG=1 $(UV) run --frozen python manage.py runserver $(HOST):$(PORT)
 
 ## Lint, type-check, check migrations, and run every test, browser tests included.
-test: install browser-deps
+test: install browser-deps services
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 	DJANGO_DEBUG=1 $(UV) run --frozen mypy .
 	DJANGO_DEBUG=1 $(UV) run --frozen python manage.py makemigrations --check --dry-run
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
+## The behaviour tests again, on PostgreSQL instead of SQLite.
+test-postgres: install services
+	DATABASE_URL=$${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/chat} \
+		$(UV) run --frozen pytest tests --ignore=tests/browser --ignore=tests/multiprocess $(PYTEST_ARGS)
+
 browser-deps:
 	@scripts/ensure-chromium
+
+services:
+	@scripts/ensure-services
 
 ## Refresh docs/screenshot.png (a browser test that runs only when asked to).
 screenshot: install browser-deps
