@@ -134,3 +134,16 @@ async def test_a_send_fails_fast_with_503_when_redis_is_down(api: ChatApi, setti
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "unavailable"
     assert await Message.objects.filter(conversation_id=conversation["id"]).acount() == 0
+
+
+@pytest.mark.django_db
+def test_readiness_reports_redis(client: Any, settings: Any) -> None:
+    _redis_or_skip()
+    settings.REDIS_URL = REDIS
+    answer = client.get("/readyz")
+    assert answer.status_code == 200
+    assert answer.json()["checks"] == {"database": True, "redis": True}
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json()["checks"]["redis"] is False

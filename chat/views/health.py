@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 
+import redis
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
@@ -25,6 +26,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
     checks = {"database": _database_ok()}
+    if settings.REDIS_URL:
+        checks["redis"] = _redis_ok()
     ready = all(checks.values())
     return JsonResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
@@ -38,6 +41,18 @@ def _database_ok() -> bool:
             return bool(cursor.fetchone() == (1,))
     except Exception:
         logger.warning("readiness: database check failed", exc_info=True)
+        return False
+
+
+def _redis_ok() -> bool:
+    try:
+        client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
+        )
+        with client:
+            return bool(client.ping())
+    except redis.RedisError:
+        logger.warning("readiness: Redis check failed", exc_info=True)
         return False
 
 
