@@ -26,7 +26,7 @@ from chat.models import Message
 from chat.providers.base import Finish, ProviderError, TextDelta, Usage
 from chat.providers.registry import model_choice, provider_for
 from chat.rendering import render_markdown
-from chat.streams import get_stream_log
+from chat.streams import LogUnavailable, get_stream_log
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,32 @@ async def generation_stop(message_id: uuid.UUID, seconds: float) -> bool:
         return True
     await get_stream_log().broadcast_cancel(message_id)
     return False
+
+
+async def generation_ready() -> None:
+    """Refuse a new answer up front when it could not be delivered (its log is down)."""
+    try:
+        await get_stream_log().check_available()
+    except LogUnavailable:
+        raise services.Unavailable(
+            "The server cannot stream answers right now; try again shortly."
+        ) from None
+
+
+async def answer_stop(message_id: uuid.UUID, seconds: float) -> None:
+    """Stop an answer wherever it runs, waiting (at most `seconds`) for its recorded end."""
+    if await generation_stop(message_id, seconds):
+        return
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await run_db(services.message_status, message_id=message_id) != Message.Status.STREAMING:
+            return
+        await asyncio.sleep(0.05)
+    if not settings.REDIS_URL:
+        # Without Redis only this process could run it, and it does not: nobody will.
+        await run_db(
+            services.message_end_orphan, message_id=message_id, status=Message.Status.STOPPED
+        )
 
 
 async def generation_wait(message_id: uuid.UUID, seconds: float) -> None:

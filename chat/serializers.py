@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from chat import services
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, UserSettings
 
 
 def message_json(message: Message) -> dict[str, Any]:
@@ -54,3 +54,7 @@ def conversation_json(
     if messages is not None:
         data["messages"] = [message_json(message) for message in messages]
     return data
+
+
+def user_settings_json(user_settings: UserSettings) -> dict[str, Any]:
+    return {"transport": user_settings.transport}

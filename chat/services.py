@@ -508,6 +508,10 @@ def message_check_alive(*, message: Message) -> Message:
     return message
 
 
+def message_status(*, message_id: uuid.UUID) -> str:
+    return str(Message.objects.values_list("status", flat=True).get(id=message_id))
+
+
 def message_end_orphan(*, message_id: uuid.UUID, status: str) -> None:
     """End a `streaming` message that no generation in reach is writing any more."""
     Message.objects.filter(id=message_id, status=Status.STREAMING).update(
@@ -558,12 +562,14 @@ def user_settings_update(*, user: User, changes: dict[str, Any]) -> UserSettings
     unknown = set(changes) - {"transport"}
     if unknown:
         raise ServiceError(f"Unknown field: {sorted(unknown)[0]}.")
-    user_settings = user_settings_for(user=user)
+    values: dict[str, Any] = {}
     if "transport" in changes:
         transport = changes["transport"]
         if transport not in UserSettings.Transport.values:
             choices = ", ".join(UserSettings.Transport.values)
             raise ServiceError(f"transport must be one of: {choices}.")
-        user_settings.transport = transport
-    user_settings.save()
+        values["transport"] = transport
+    user_settings, _created = UserSettings.objects.update_or_create(
+        user_id=_user_id(user), defaults=values
+    )
     return user_settings

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from chat.views import api, pages, stream
+from chat.views import api, pages, preferences, stream
 
 app_name = "chat"
 
@@ -23,4 +23,5 @@ urlpatterns = [
     path("api/messages/<str:message_id>/edit", api.message_edit, name="api-edit"),
     path("api/messages/<str:message_id>/regenerate", api.message_regenerate, name="api-regenerate"),
     path("api/messages/<str:message_id>/select", api.message_select, name="api-select"),
+    path("api/settings", preferences.user_settings, name="api-settings"),
 ]

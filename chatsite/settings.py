@@ -337,3 +337,10 @@ if REDIS_URL:
             "KEY_PREFIX": CHAT_REDIS_PREFIX,
         }
     }
+    # The PubSub layer: one PUBLISH per control message, no per-channel capacity to fill.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{CHAT_REDIS_PREFIX}layer"},
+        }
+    }

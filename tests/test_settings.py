@@ -76,14 +76,27 @@ def test_production_starts_with_a_key() -> None:
         ({"DJANGO_DEBUG": "1", "DJANGO_ALLOWED_HOSTS": "*"}, "DJANGO_ALLOWED_HOSTS"),
         ({"DJANGO_DEBUG": "1", "CHAT_DEFAULT_MODEL": "openai:gpt-4o"}, "CHAT_DEFAULT_MODEL"),
         ({"DJANGO_DEBUG": "1", "CHAT_RATE_LIMIT_PER_MINUTE": "many"}, "whole number"),
+        ({"DJANGO_DEBUG": "1", "CHAT_WS_MAX_FRAME_BYTES": "65536"}, "CHAT_WS_MAX_FRAME_BYTES"),
     ],
-    ids=["debug-flag", "wildcard-host", "default-model", "limit"],
+    ids=["debug-flag", "wildcard-host", "default-model", "limit", "ws-frame-too-small"],
 )
 def test_bad_configuration_fails_loudly(env: dict[str, str], message: str) -> None:
     result = run(START, env)
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert message in result.stderr
+
+
+def test_the_websocket_frame_limit_grows_with_the_prompt_limit() -> None:
+    """A message of CHAT_MAX_PROMPT_CHARS 4-byte characters always fits in one frame."""
+    show = (
+        IGNORE_DOTENV
+        + "from django.conf import settings\nprint(settings.CHAT_WS_MAX_FRAME_BYTES)\n"
+    )
+    default = run(show, {"DJANGO_DEBUG": "1"})
+    assert default.stdout.split() == ["524288"], default.stderr
+    longer = run(show, {"DJANGO_DEBUG": "1", "CHAT_MAX_PROMPT_CHARS": "200000"})
+    assert int(longer.stdout) >= 4 * 200_000, longer.stderr
 
 
 def test_a_production_configuration_passes_the_deploy_check() -> None:

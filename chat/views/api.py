@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Callable, Coroutine
 from functools import wraps
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from chat import services
-from chat.generation import generation_start, generation_stop
+from chat.generation import answer_stop, generation_ready, generation_start
 from chat.models import Message
 from chat.serializers import conversation_json, message_json
-from chat.streams import LogUnavailable, get_stream_log
 from chat.views.errors import json_error
 
 ApiView = Callable[..., Coroutine[Any, Any, HttpResponse]]
@@ -132,7 +128,7 @@ async def conversation_messages(request: HttpRequest, conversation_id: str) -> H
         )
         return plan, _sent(user_message, assistant)
 
-    await _start_ready()
+    await generation_ready()
     plan, answer = await sync_to_async(send)()
     generation_start(plan)
     return JsonResponse(answer, status=201)
@@ -150,36 +146,10 @@ async def message_stop(request: HttpRequest, message_id: str) -> HttpResponse:
     if seen is not None and (not isinstance(seen, int) or isinstance(seen, bool) or seen < 0):
         raise services.ServiceError("seen must be an event id (a whole number).")
     found = await sync_to_async(services.message_for)(user=request.user, message_id=message_id)
-    if found.is_streaming and not await generation_stop(found.id, STOP_WAIT_SECONDS):
-        found = await _await_end(request, found)
-    found = await sync_to_async(services.message_for)(user=request.user, message_id=message_id)
+    if found.is_streaming:
+        await answer_stop(found.id, STOP_WAIT_SECONDS)
+        found = await sync_to_async(services.message_for)(user=request.user, message_id=message_id)
     return JsonResponse(await sync_to_async(message_json)(found))
-
-
-async def _await_end(request: HttpRequest, message: Message) -> Message:
-    """Wait for the process running `message` to record its end after a broadcast Stop."""
-    deadline = time.monotonic() + STOP_WAIT_SECONDS
-    while message.is_streaming and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        message = await sync_to_async(services.message_for)(
-            user=request.user, message_id=message.id
-        )
-    if message.is_streaming and not settings.REDIS_URL:
-        # Without Redis only this process could have run it, and it does not.
-        await sync_to_async(services.message_end_orphan)(
-            message_id=message.id, status=Message.Status.STOPPED
-        )
-    return message
-
-
-async def _start_ready() -> None:
-    """Refuse a send up front when its answer could not be delivered."""
-    try:
-        await get_stream_log().check_available()
-    except LogUnavailable:
-        raise services.Unavailable(
-            "The server cannot stream answers right now; try again shortly."
-        ) from None
 
 
 @api("POST")
@@ -193,7 +163,7 @@ async def message_edit(request: HttpRequest, message_id: str) -> HttpResponse:
         )
         return plan, _sent(user_message, assistant)
 
-    await _start_ready()
+    await generation_ready()
     plan, answer = await sync_to_async(edit)()
     generation_start(plan)
     return JsonResponse(answer, status=201)
@@ -209,7 +179,7 @@ async def message_regenerate(request: HttpRequest, message_id: str) -> HttpRespo
             "stream_url": stream_url(assistant),
         }
 
-    await _start_ready()
+    await generation_ready()
     plan, answer = await sync_to_async(regenerate)()
     generation_start(plan)
     return JsonResponse(answer, status=201)

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.middleware import HtmxDetails
 
 from chat import services
-from chat.models import Conversation
+from chat.models import Conversation, UserSettings
 from chat.providers.registry import available_models, default_model
 
 
@@ -39,8 +39,18 @@ def _chat_page(request: HttpRequest, conversation: Conversation | None) -> HttpR
         "branch": branch,
         "models": available_models(),
         "selected_model": conversation.model if conversation else default_model(),
+        "transport": _transport(request),
+        "transports": UserSettings.Transport.choices,
     }
     return render(request, "chat/chat.html", context)
+
+
+def _transport(request: HttpRequest) -> str:
+    """How the page follows answers: `?transport=` for this page, else the user's choice."""
+    asked = request.GET.get("transport")
+    if asked in UserSettings.Transport.values:
+        return asked
+    return services.user_settings_for(user=request.user).transport
 
 
 @require_GET

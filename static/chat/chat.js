@@ -1,4 +1,5 @@
-// The stream client: send a message, follow its answer over SSE, stop it, copy it.
+// The stream client: send a message, follow its answer (over SSE or the WebSocket), stop it,
+// copy it.
 // Everything else on the page is server-rendered HTML (and htmx).
 
 const transcript = document.getElementById("transcript");
@@ -43,10 +44,199 @@ function updateStopButton() {
   stopButton.hidden = !streaming;
 }
 
+// --- Transports ------------------------------------------------------------------------
+// A Follower gets its events from a source: an EventSource of its own (SSE, the default)
+// or its subscription on the page's one WebSocket. Both hand each event to
+// `follower.handle(name, id, data)`; a source also knows how to Stop and to close.
+
+const STREAM_EVENTS = ["start", "token", "reset", "usage", "error", "final"];
+
+function backoff(retries) {
+  return Math.min(10000, 500 * 2 ** retries);
+}
+
+class EventSourceStream {
+  constructor(follower) {
+    this.follower = follower;
+    this.retries = 0;
+    this.open();
+  }
+
+  open() {
+    const follower = this.follower;
+    const after = follower.lastId;
+    const url = after === null ? follower.url : `${follower.url}?after=${after}`;
+    const source = new EventSource(url);
+    this.source = source;
+    for (const name of STREAM_EVENTS) {
+      source.addEventListener(name, (event) => {
+        if (!(event instanceof MessageEvent)) return; // a connection error, not the event
+        const id = event.lastEventId ? Number(event.lastEventId) : null;
+        follower.handle(name, id, JSON.parse(event.data));
+      });
+    }
+    source.addEventListener("open", () => (this.retries = 0));
+    // EventSource retries network drops by itself (resending Last-Event-ID); it gives up
+    // on an HTTP error or a 204. Then we decide: done, or reopen from the last id.
+    source.onerror = () => {
+      if (follower.finished || source.readyState !== EventSource.CLOSED) return;
+      this.recover();
+    };
+  }
+
+  async recover() {
+    const follower = this.follower;
+    this.source.close();
+    try {
+      const message = await api("GET", `/api/messages/${follower.id}`);
+      const last = follower.lastId;
+      if (message.status !== "streaming" && last !== null && last > message.content.length) {
+        // We already saw the end (the server answered 204).
+        follower.finish({ status: message.status, content: message.content, html: null });
+        return;
+      }
+    } catch (error) {
+      if (error.status === 401 || error.status === 404) {
+        follower.fail(error.message);
+        return;
+      }
+    }
+    setTimeout(() => follower.finished || this.open(), backoff(this.retries++));
+  }
+
+  stop() {
+    return stopOverHttp(this.follower);
+  }
+
+  close() {
+    this.source.close();
+  }
+}
+
+function stopOverHttp(follower) {
+  return api("POST", `/api/messages/${follower.id}/stop`, { seen: follower.lastId ?? 0 });
+}
+
+// Close code of a socket whose session logged out: reconnecting would be refused.
+const SIGNED_OUT = 4401;
+
+// The page's one WebSocket: sends, Stops, and the streams of every answer followed over
+// it. After a drop it reconnects with exponential backoff and subscribes again to every
+// unfinished answer from the last event id seen, so nothing is lost or repeated.
+class ChatSocket {
+  constructor() {
+    this.followers = new Map(); // message id -> Follower
+    this.pending = new Map(); // ref -> {resolve, reject} of a frame awaiting its answer
+    this.waiters = [];
+    this.refs = 0;
+    this.retries = 0;
+    this.connect();
+  }
+
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${scheme}://${location.host}/ws/chat/`);
+    this.ws = ws;
+    ws.onopen = () => {
+      this.retries = 0;
+      for (const follower of this.followers.values()) this.subscribe(follower);
+      for (const resolve of this.waiters.splice(0)) resolve();
+    };
+    ws.onmessage = (event) => this.receive(JSON.parse(event.data));
+    ws.onclose = (event) => {
+      this.ws = null;
+      for (const { reject } of this.pending.values()) {
+        reject(new Error("The connection to the server was lost; try again."));
+      }
+      this.pending.clear();
+      if (event.code === SIGNED_OUT) {
+        for (const follower of [...this.followers.values()]) follower.fail("Signed out.");
+        return;
+      }
+      setTimeout(() => this.connect(), backoff(this.retries++));
+    };
+  }
+
+  get open() {
+    return this.ws?.readyState === WebSocket.OPEN;
+  }
+
+  ready(timeout = 5000) {
+    if (this.open) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const fail = () => reject(new Error("Not connected to the server; try again."));
+      const timer = setTimeout(fail, timeout);
+      this.waiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  // Sends a frame and resolves with its answer (`accepted`), or rejects with its error.
+  async request(frame) {
+    await this.ready();
+    const ref = String(++this.refs);
+    return new Promise((resolve, reject) => {
+      this.pending.set(ref, { resolve, reject });
+      this.ws.send(JSON.stringify({ ...frame, ref }));
+    });
+  }
+
+  receive(frame) {
+    if (frame.type === "accepted" || (frame.type === "error" && frame.id === undefined)) {
+      // The answer to one of our frames (an error without an id refuses a frame).
+      const waiting = this.pending.get(frame.ref);
+      this.pending.delete(frame.ref);
+      if (frame.type === "accepted") {
+        waiting?.resolve(frame);
+      } else if (waiting) {
+        waiting.reject(Object.assign(new Error(frame.message), { retryAfter: frame.retry_after }));
+      } else {
+        this.followers.get(frame.ref)?.fail(frame.message); // a refused subscribe or cancel
+      }
+      return;
+    }
+    this.followers.get(frame.message_id)?.handle(frame.type, frame.id, frame);
+  }
+
+  // `subscribed`: the server already streams this answer here (it followed our `send`).
+  follow(follower, subscribed) {
+    this.followers.set(follower.id, follower);
+    if (!subscribed) this.subscribe(follower);
+    return {
+      stop: () => this.cancel(follower),
+      close: () => this.followers.delete(follower.id),
+    };
+  }
+
+  subscribe(follower) {
+    if (!this.open) return; // done on (re)connection
+    const frame = { type: "subscribe", message_id: follower.id, ref: follower.id };
+    if (follower.lastId !== null) frame.after = follower.lastId;
+    this.ws.send(JSON.stringify(frame));
+  }
+
+  async cancel(follower) {
+    if (!this.open) return stopOverHttp(follower); // Stop works while reconnecting too
+    this.ws.send(JSON.stringify({ type: "cancel", message_id: follower.id, ref: follower.id }));
+  }
+}
+
+let chatSocket = null;
+function pageSocket() {
+  chatSocket ??= new ChatSocket();
+  return chatSocket;
+}
+
+function currentTransport() {
+  return app.dataset.transport === "ws" ? "ws" : "sse";
+}
+
 // Follows one answer's stream. Text is appended in batches on animation frames so a
 // fast stream costs one layout per frame, not one per token.
 class Follower {
-  constructor(article) {
+  constructor(article, { transport = currentTransport(), subscribed = false } = {}) {
     this.article = article;
     this.id = article.dataset.messageId;
     this.url = article.dataset.streamUrl;
@@ -64,54 +254,22 @@ class Follower {
     this.markdown = this.text.textContent;
     this.pending = "";
     this.frame = 0;
-    this.retries = 0;
     this.finished = false;
     followers.set(this.id, this);
     updateStopButton();
-    this.open();
+    this.source =
+      transport === "ws" ? pageSocket().follow(this, subscribed) : new EventSourceStream(this);
   }
 
-  open() {
-    const url = this.lastId === null ? this.url : `${this.url}?after=${this.lastId}`;
-    const source = new EventSource(url);
-    this.source = source;
-    const on = (name, handler) =>
-      source.addEventListener(name, (event) => {
-        if (event.lastEventId) this.lastId = Number(event.lastEventId);
-        handler(JSON.parse(event.data));
-      });
-    on("start", () => {});
-    on("token", (data) => this.append(data.text));
-    on("reset", (data) => this.reset(data.content));
-    on("usage", (data) => (this.usage = data));
-    on("error", (data) => (this.error = data));
-    on("final", (data) => this.finish(data));
-    source.addEventListener("open", () => (this.retries = 0));
-    // EventSource retries network drops by itself (resending Last-Event-ID); it gives up
-    // on an HTTP error or a 204. Then we decide: done, or reopen from the last id.
-    source.onerror = () => {
-      if (this.finished || source.readyState !== EventSource.CLOSED) return;
-      this.recover();
-    };
-  }
-
-  async recover() {
-    this.source.close();
-    try {
-      const message = await api("GET", `/api/messages/${this.id}`);
-      if (message.status !== "streaming" && this.lastId !== null && this.lastId > message.content.length) {
-        // We already saw the end (the server answered 204).
-        this.finish({ status: message.status, content: message.content, html: null });
-        return;
-      }
-    } catch (error) {
-      if (error.status === 401 || error.status === 404) {
-        this.fail(error.message);
-        return;
-      }
-    }
-    const delay = Math.min(10000, 500 * 2 ** this.retries++);
-    setTimeout(() => this.finished || this.open(), delay);
+  // One event of the stream (CONTRACT §5); unknown names are ignored.
+  handle(name, id, data) {
+    if (this.finished) return;
+    if (id !== null && id !== undefined) this.lastId = id;
+    if (name === "token") this.append(data.text);
+    else if (name === "reset") this.reset(data.content);
+    else if (name === "usage") this.usage = data;
+    else if (name === "error") this.error = data;
+    else if (name === "final") this.finish(data);
   }
 
   append(text) {
@@ -168,7 +326,7 @@ class Follower {
 
   async stop() {
     try {
-      await api("POST", `/api/messages/${this.id}/stop`, { seen: this.lastId ?? 0 });
+      await this.source.stop();
     } catch (error) {
       showNotice(error.message);
     }
@@ -220,7 +378,7 @@ async function ensureConversation() {
   if (app.dataset.conversationId) return app.dataset.conversationId;
   const conversation = await api("POST", "/api/conversations", { model: modelSelect?.value });
   app.dataset.conversationId = conversation.id;
-  history.replaceState(null, "", `/c/${conversation.id}/`);
+  history.replaceState(null, "", `/c/${conversation.id}/${location.search}`);
   return conversation.id;
 }
 
@@ -233,21 +391,25 @@ async function send() {
   }
   sendButton.disabled = true;
   showNotice("");
+  const transport = currentTransport();
   try {
     const conversationId = await ensureConversation();
-    const result = await api("POST", `/api/conversations/${conversationId}/messages`, {
-      content,
-      model: modelSelect?.value,
-    });
+    const fields = { content, model: modelSelect?.value };
+    // Over the WebSocket the answer's events follow `accepted` on the same socket, so the
+    // Follower must exist before the next frame is read: no `await` between the two.
+    const result =
+      transport === "ws"
+        ? await pageSocket().request({ type: "send", conversation_id: conversationId, ...fields })
+        : await api("POST", `/api/conversations/${conversationId}/messages`, fields);
     input.value = "";
     autoGrow();
     transcript.querySelector(".empty-state")?.remove();
     const userArticle = messageArticle(result.user_message, "user");
     const answer = messageArticle(result.assistant_message, "assistant");
-    answer.dataset.streamUrl = result.stream_url;
+    answer.dataset.streamUrl = `/api/messages/${result.assistant_message.id}/stream`;
     transcript.append(userArticle, answer);
     answer.scrollIntoView({ block: "end" });
-    new Follower(answer);
+    new Follower(answer, { transport, subscribed: transport === "ws" });
     document.body.dispatchEvent(new CustomEvent("chat:refresh-sidebar"));
   } catch (error) {
     const wait = error.retryAfter ? ` (try again in ${error.retryAfter} s)` : "";
@@ -307,6 +469,20 @@ transcript.addEventListener("click", (event) => {
   const button = event.target.closest("[data-action=copy]");
   if (button && !button.disabled) copy(button);
 });
+const transportSelect = document.getElementById("transport");
+transportSelect?.addEventListener("change", async () => {
+  try {
+    const saved = await api("PATCH", "/api/settings", { transport: transportSelect.value });
+    app.dataset.transport = saved.transport; // answers from now on; those streaming go on
+    if (saved.transport === "ws") pageSocket();
+    // A `?transport=` in the address would override the choice on the next load.
+    const url = new URL(location.href);
+    url.searchParams.delete("transport");
+    history.replaceState(null, "", url);
+  } catch (error) {
+    showNotice(error.message);
+  }
+});
 modelSelect?.addEventListener("change", async () => {
   const id = app.dataset.conversationId;
   if (!id) return;
@@ -354,6 +530,8 @@ document.addEventListener("keydown", (event) => {
   }
 });
 
+// Over the WebSocket, connect now, so that the first Send does not wait for it.
+if (currentTransport() === "ws") pageSocket();
 // Answers still being written when the page loaded (a reload mid-answer): follow them
 // from where the server-rendered text ends.
 for (const article of transcript.querySelectorAll("article[data-stream-url]")) {

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import time
 from typing import Any
 
 import pytest
+import websockets
 
 from tests.multiprocess.conftest import Client, Cluster, Server, text_of
 
@@ -93,3 +96,31 @@ def test_kill_9_mid_answer_ends_as_interrupted_for_readers_elsewhere(
     assert len(stored["content"]) >= 20  # the flushed text is kept
     assert EXPECTED.startswith(stored["content"])
     assert final["data"]["content"] == stored["content"]
+
+
+def test_a_websocket_on_b_receives_a_generation_started_on_a(
+    user: Client, a: Server, b: Server
+) -> None:
+    message = user.send(a, "Stream it to my socket")
+    cookies = "; ".join(f"{name}={value}" for name, value in user.http.cookies.items())
+
+    async def follow_on_b() -> list[dict[str, Any]]:
+        frames: list[dict[str, Any]] = []
+        async with websockets.connect(
+            b.url.replace("http://", "ws://") + "/ws/chat/",
+            additional_headers={"Cookie": cookies},
+            origin=websockets.Origin(b.url),
+            open_timeout=10,
+        ) as socket:
+            await socket.send(json.dumps({"type": "subscribe", "message_id": message["id"]}))
+            async with asyncio.timeout(30):
+                while not frames or frames[-1]["type"] != "final":
+                    frames.append(json.loads(await socket.recv()))
+        return frames
+
+    frames = asyncio.run(follow_on_b())
+    assert frames[0]["type"] == "start"
+    assert all(frame["message_id"] == message["id"] for frame in frames)
+    text = "".join(frame["text"] for frame in frames if frame["type"] == "token")
+    assert text == EXPECTED == frames[-1]["content"]
+    assert user.message(a, message["id"])["content"] == EXPECTED
