@@ -46,6 +46,11 @@ async def _isolated_generations() -> AsyncIterator[None]:
 def _chat_settings(settings: Any) -> None:
     """A demo model fast enough that a whole answer takes a few hundredths of a second."""
     settings.CHAT_DEMO_TOKENS_PER_SECOND = 5000
+    # Pages link static files by name: no `collectstatic` manifest needed in a fresh clone.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
 
 
 @pytest.fixture
