@@ -9,6 +9,7 @@ app_name = "chat"
 urlpatterns = [
     path("", pages.home, name="home"),
     path("c/<uuid:conversation_id>/", pages.conversation_page, name="conversation"),
+    path("c/<uuid:conversation_id>/transcript", pages.transcript, name="transcript"),
     path("chat/sidebar", pages.sidebar, name="sidebar"),
     path("api/conversations", api.conversations, name="api-conversations"),
     path("api/conversations/<str:conversation_id>", api.conversation, name="api-conversation"),

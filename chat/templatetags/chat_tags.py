@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
+
 from django import template
 from django.utils.safestring import SafeString, mark_safe
 
+from chat import services
 from chat.models import Message
 from chat.rendering import render_markdown
 
@@ -28,3 +32,28 @@ def status_text(message: Message) -> str:
     if message.status == Message.Status.ERROR and message.error_message:
         return f"{text}: {message.error_message}"
     return text
+
+
+@dataclass(frozen=True)
+class Versions:
+    """Where a message stands among its versions (its siblings), for the version switcher."""
+
+    index: int  # 1-based, as people count
+    count: int
+    previous: uuid.UUID | None
+    next: uuid.UUID | None
+
+
+@register.simple_tag
+def message_versions(message: Message) -> Versions | None:
+    """The message's place among its versions; None when it is the only one (no switcher)."""
+    ids = services.message_sibling_ids(message=message)
+    if len(ids) < 2:
+        return None
+    at = ids.index(message.id)
+    return Versions(
+        index=at + 1,
+        count=len(ids),
+        previous=ids[at - 1] if at > 0 else None,
+        next=ids[at + 1] if at + 1 < len(ids) else None,
+    )

@@ -58,13 +58,24 @@ def home(request: HttpRequest) -> HttpResponse:
     return _chat_page(request, None)
 
 
-@require_GET
-def conversation_page(request: HttpRequest, conversation_id: str) -> HttpResponse:
+def _conversation_or_404(request: HttpRequest, conversation_id: str) -> Conversation:
     try:
-        conversation = services.conversation_for(user=request.user, conversation_id=conversation_id)
+        return services.conversation_for(user=request.user, conversation_id=conversation_id)
     except services.NotFound:
         raise Http404("No such conversation.") from None
-    return _chat_page(request, conversation)
+
+
+@require_GET
+def conversation_page(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    return _chat_page(request, _conversation_or_404(request, conversation_id))
+
+
+@require_GET
+def transcript(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    """The current branch alone, as the page shows it: swapped in after a version change."""
+    conversation = _conversation_or_404(request, conversation_id)
+    branch = services.conversation_branch(conversation=conversation)
+    return render(request, "chat/chat.html#transcript", {"branch": branch})
 
 
 @require_GET

@@ -1,5 +1,5 @@
 // The stream client: send a message, follow its answer (over SSE or the WebSocket), stop it,
-// copy it.
+// copy it; edit a question, regenerate an answer, and switch between versions.
 // Everything else on the page is server-rendered HTML (and htmx).
 
 const transcript = document.getElementById("transcript");
@@ -42,6 +42,14 @@ async function api(method, url, body) {
 function updateStopButton() {
   const streaming = followers.size > 0;
   stopButton.hidden = !streaming;
+}
+
+// The page follows one answer at a time: a send, edit, regenerate or version switch waits
+// for the answer being written (or its Stop).
+function refuseWhileStreaming() {
+  if (!followers.size) return false;
+  showNotice("Wait for the answer to finish, or stop it first.");
+  return true;
 }
 
 // --- Transports ------------------------------------------------------------------------
@@ -311,6 +319,23 @@ class Follower {
     if (data.status === "error" && this.error?.message) label = `Error: ${this.error.message}`;
     this.status.textContent = label;
     this.copyButton.disabled = false;
+    for (const button of this.article.querySelectorAll("[data-action=regenerate]")) {
+      button.disabled = false;
+    }
+    if (RETRYABLE.has(data.status) && !this.article.querySelector(".retry")) {
+      const retry = actionButton("Retry", "regenerate");
+      retry.classList.add("retry");
+      this.article.querySelector("[data-action=regenerate]").after(retry);
+    }
+    followers.delete(this.id);
+    updateStopButton();
+  }
+
+  // The article left the page (another version replaced it): stop listening, quietly.
+  close() {
+    this.finished = true;
+    this.source?.close();
+    cancelAnimationFrame(this.frame);
     followers.delete(this.id);
     updateStopButton();
   }
@@ -333,6 +358,20 @@ class Follower {
   }
 }
 
+// Answers that ended this way get a Retry button (a Regenerate by another name).
+const RETRYABLE = new Set(["error", "interrupted"]);
+
+function actionButton(label, action, disabled = false) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.dataset.action = action;
+  button.disabled = disabled;
+  button.textContent = label;
+  return button;
+}
+
+// A message the page just sent, built as the server's `message` partial builds it. A new
+// message is the only version at its place, so it has no version switcher.
 function messageArticle(message, role) {
   const article = document.createElement("article");
   article.className = `message message--${role}`;
@@ -348,27 +387,25 @@ function messageArticle(message, role) {
   body.className = "message__body";
   body.setAttribute("hx-disable", "");
   article.append(roleLabel, body);
+  const actions = document.createElement("div");
+  actions.className = "message__actions";
   if (role === "user") {
     const paragraph = document.createElement("p");
     paragraph.className = "plain";
     paragraph.textContent = message.content;
     body.append(paragraph);
     article.setAttribute("aria-busy", "false");
+    actions.append(actionButton("Edit", "edit"));
+    article.append(actions);
   } else {
     article.setAttribute("aria-busy", "true");
     const status = document.createElement("p");
     status.className = "message__status";
     status.dataset.role = "status";
     status.innerHTML = '<span class="thinking">Thinking…</span>';
-    const actions = document.createElement("div");
-    actions.className = "message__actions";
-    const copy = document.createElement("button");
-    copy.type = "button";
+    const copy = actionButton("Copy", "copy", true);
     copy.className = "copy";
-    copy.dataset.action = "copy";
-    copy.disabled = true;
-    copy.textContent = "Copy";
-    actions.append(copy);
+    actions.append(copy, actionButton("Regenerate", "regenerate", true));
     article.append(status, actions);
   }
   return article;
@@ -384,11 +421,7 @@ async function ensureConversation() {
 
 async function send() {
   const content = input.value;
-  if (!content.trim() || sendButton.disabled) return;
-  if (followers.size) {
-    showNotice("Wait for the answer to finish, or stop it first.");
-    return;
-  }
+  if (!content.trim() || sendButton.disabled || refuseWhileStreaming()) return;
   sendButton.disabled = true;
   showNotice("");
   const transport = currentTransport();
@@ -422,6 +455,116 @@ async function send() {
 
 function stopAll() {
   for (const follower of followers.values()) follower.stop();
+}
+
+// --- Versions ------------------------------------------------------------------------
+// The server knows the tree of versions; the page shows its current branch. After an
+// edit, a regenerate or a version switch the page fetches that branch again as HTML (the
+// template's `transcript` partial) instead of patching the transcript itself.
+
+async function refreshTranscript() {
+  const response = await fetch(`/c/${app.dataset.conversationId}/transcript`, {
+    credentials: "same-origin",
+    headers: { Accept: "text/html" },
+  });
+  if (response.redirected) throw new Error("Signed out: reload the page to sign in again.");
+  if (!response.ok) throw new Error(`The server answered ${response.status}.`);
+  const html = await response.text();
+  // Server-rendered: user text escaped, model text sanitized, each inside `hx-disable`.
+  transcript.innerHTML = html;
+  for (const follower of [...followers.values()]) {
+    if (!follower.article.isConnected) follower.close();
+  }
+  followStreaming();
+}
+
+// Follows every answer on the page that is still being written and not followed yet.
+function followStreaming() {
+  for (const article of transcript.querySelectorAll("article[data-stream-url]")) {
+    if (!followers.has(article.dataset.messageId)) new Follower(article);
+  }
+}
+
+// Set while a version change is on its way, so that a double click makes one version.
+let changing = false;
+
+// Runs a version change (a POST), then shows the resulting branch. False when it failed.
+async function changeVersions(url, body) {
+  if (changing || refuseWhileStreaming()) return false;
+  changing = true;
+  showNotice("");
+  try {
+    await api("POST", url, body);
+    await refreshTranscript();
+    return true;
+  } catch (error) {
+    const wait = error.retryAfter ? ` (try again in ${error.retryAfter} s)` : "";
+    showNotice(error.message + wait);
+    return false;
+  } finally {
+    changing = false;
+  }
+}
+
+// After an edit or a regenerate: the new answer streams at the end; back to the composer.
+function showNewAnswer() {
+  transcript.lastElementChild?.scrollIntoView({ block: "end" });
+  input.focus();
+  document.body.dispatchEvent(new CustomEvent("chat:refresh-sidebar"));
+}
+
+function openEditor(article) {
+  if (article.querySelector(".editor")) return;
+  const form = document.createElement("form");
+  form.className = "editor";
+  const area = document.createElement("textarea");
+  area.setAttribute("aria-label", "Edit message");
+  area.required = true;
+  area.maxLength = input.maxLength;
+  area.rows = 3;
+  area.value = article.dataset.markdown;
+  const buttons = document.createElement("div");
+  buttons.className = "editor__buttons";
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.className = "primary";
+  save.textContent = "Save and send";
+  buttons.append(save, actionButton("Cancel", "cancel-edit"));
+  form.append(area, buttons);
+  article.classList.add("message--editing");
+  article.append(form);
+  area.focus();
+  area.setSelectionRange(area.value.length, area.value.length);
+}
+
+function closeEditor(article) {
+  article.querySelector(".editor")?.remove();
+  article.classList.remove("message--editing");
+  article.querySelector("[data-action=edit]")?.focus();
+}
+
+async function saveEdit(article, form) {
+  const content = form.querySelector("textarea").value;
+  const save = form.querySelector("[type=submit]");
+  if (!content.trim() || save.disabled) return;
+  save.disabled = true;
+  const url = `/api/messages/${article.dataset.messageId}/edit`;
+  if (await changeVersions(url, { content })) showNewAnswer();
+  else save.disabled = false; // the editor stays, with the text, to try again
+}
+
+async function regenerate(article) {
+  const url = `/api/messages/${article.dataset.messageId}/regenerate`;
+  if (await changeVersions(url)) showNewAnswer();
+}
+
+async function showVersion(button) {
+  const { target, direction } = button.dataset;
+  if (!(await changeVersions(`/api/messages/${target}/select`))) return;
+  // The clicked button was replaced: focus its successor, or its partner at either end.
+  const group = transcript.querySelector(`article[data-message-id="${target}"] .versions`);
+  const again = group?.querySelector(`[data-direction=${direction}]`);
+  (again && !again.disabled ? again : group?.querySelector("button:enabled"))?.focus();
 }
 
 async function copy(button) {
@@ -466,8 +609,35 @@ document.addEventListener("keydown", (event) => {
   }
 });
 transcript.addEventListener("click", (event) => {
-  const button = event.target.closest("[data-action=copy]");
-  if (button && !button.disabled) copy(button);
+  const button = event.target.closest("button[data-action]");
+  if (!button || button.disabled) return;
+  const article = button.closest(".message");
+  const action = button.dataset.action;
+  if (action === "copy") copy(button);
+  else if (action === "edit") openEditor(article);
+  else if (action === "cancel-edit") closeEditor(article);
+  else if (action === "regenerate") regenerate(article);
+  else if (action === "version") showVersion(button);
+});
+transcript.addEventListener("submit", (event) => {
+  const form = event.target.closest(".editor");
+  if (!form) return;
+  event.preventDefault();
+  saveEdit(form.closest(".message"), form);
+});
+transcript.addEventListener("keydown", (event) => {
+  const form = event.target.closest(".editor");
+  if (!form) return;
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    form.requestSubmit();
+  } else if (event.key === "Escape" && !followers.size) {
+    // One Escape does one thing. While an answer streams it is Stop, as everywhere on the
+    // page (the document's handler), and the editor stays open so that the edit can be
+    // sent once the answer has stopped; otherwise it cancels the editor.
+    event.preventDefault();
+    closeEditor(form.closest(".message"));
+  }
 });
 const transportSelect = document.getElementById("transport");
 transportSelect?.addEventListener("change", async () => {
@@ -534,8 +704,7 @@ document.addEventListener("keydown", (event) => {
 if (currentTransport() === "ws") pageSocket();
 // Answers still being written when the page loaded (a reload mid-answer): follow them
 // from where the server-rendered text ends.
-for (const article of transcript.querySelectorAll("article[data-stream-url]")) {
-  new Follower(article);
-}
+followStreaming();
 transcript.lastElementChild?.scrollIntoView({ block: "end" });
+sendButton.disabled = false; // rendered disabled until this script can send
 input.focus();
