@@ -10,4 +10,5 @@ def site(request: HttpRequest) -> dict[str, Any]:
     return {
         "allow_signup": settings.CHAT_ALLOW_SIGNUP,
         "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
+        "default_system_prompt": settings.CHAT_SYSTEM_PROMPT,
     }

@@ -413,7 +413,10 @@ function messageArticle(message, role) {
 
 async function ensureConversation() {
   if (app.dataset.conversationId) return app.dataset.conversationId;
-  const conversation = await api("POST", "/api/conversations", { model: modelSelect?.value });
+  const conversation = await api("POST", "/api/conversations", {
+    model: modelSelect?.value,
+    system_prompt: systemPrompt.value,
+  });
   app.dataset.conversationId = conversation.id;
   history.replaceState(null, "", `/c/${conversation.id}/${location.search}`);
   return conversation.id;
@@ -653,6 +656,21 @@ transportSelect?.addEventListener("change", async () => {
     showNotice(error.message);
   }
 });
+// The system prompt of this conversation; a new chat sends it when it is created.
+const systemPrompt = document.getElementById("system-prompt");
+const systemPromptStatus = document.getElementById("system-prompt-status");
+document.getElementById("system-prompt-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const id = app.dataset.conversationId;
+  try {
+    if (id) await api("PATCH", `/api/conversations/${id}`, { system_prompt: systemPrompt.value });
+    systemPromptStatus.textContent = id ? "Saved." : "Saved for this new chat.";
+  } catch (error) {
+    systemPromptStatus.textContent = error.message;
+  }
+});
+systemPrompt.addEventListener("input", () => (systemPromptStatus.textContent = ""));
+
 modelSelect?.addEventListener("change", async () => {
   const id = app.dataset.conversationId;
   if (!id) return;
