@@ -286,6 +286,25 @@ document.addEventListener("securitypolicyviolation", (event) => {
 """
 
 
+_TIME_FIRST_TOKEN = """() => new Promise((resolve, reject) => {
+  const log = document.querySelector("[role=log]");
+  const before = log.querySelectorAll("article.message--assistant").length;
+  const check = () => {
+    const answers = log.querySelectorAll("article.message--assistant");
+    const body = answers[before]?.querySelector(".message__body");
+    if (body && body.textContent.length > 0) {
+      observer.disconnect();
+      resolve(performance.now() - started);
+    }
+  };
+  const observer = new MutationObserver(check);
+  observer.observe(log, { childList: true, subtree: true, characterData: true });
+  setTimeout(() => reject(new Error("no first token")), 10000);
+  const started = performance.now();
+  document.querySelector("#send-button").click();
+})"""
+
+
 class Session:
     """One signed-up user in one browser context."""
 
@@ -348,6 +367,20 @@ class Session:
             })""",
             min_chars,
         )
+
+    def first_token_times(self, count: int, prompt: str) -> list[float]:
+        """Milliseconds from clicking Send to the answer's first text, for `count` sends.
+
+        Each answer is stopped after its first text, so the next send can follow at once.
+        """
+        timings = []
+        for index in range(count):
+            self.page.get_by_role("textbox", name="Message").fill(f"{prompt} {index}.")
+            timings.append(float(self.page.evaluate(_TIME_FIRST_TOKEN)))
+            answer = self.answers().last
+            self.page.keyboard.press("Escape")
+            self.wait_final(answer)
+        return timings
 
     def api_message(self, answer: Locator) -> dict[str, Any]:
         message_id = answer.get_attribute("data-message-id")

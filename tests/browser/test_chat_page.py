@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Locator, expect
 
-from tests.browser.conftest import ROOT, Session, demo_answer
+from tests.browser.conftest import Session, demo_answer
 
 pytestmark = pytest.mark.browser
 
@@ -331,57 +329,8 @@ def test_aligned_table_columns_obey_the_csp(chat: Session) -> None:
 
 def test_time_to_first_token(chat: Session) -> None:
     """Click Send to the first answer text on the page; the median of five sends."""
-    page = chat.page
-    timings = []
-    for index in range(5):
-        page.get_by_role("textbox", name="Message").fill(f"Time me, number {index}.")
-        elapsed = page.evaluate(
-            """() => new Promise((resolve, reject) => {
-              const log = document.querySelector("[role=log]");
-              const before = log.querySelectorAll("article.message--assistant").length;
-              const check = () => {
-                const answers = log.querySelectorAll("article.message--assistant");
-                const body = answers[before]?.querySelector(".message__body");
-                if (body && body.textContent.length > 0) {
-                  observer.disconnect();
-                  resolve(performance.now() - started);
-                }
-              };
-              const observer = new MutationObserver(check);
-              observer.observe(log, { childList: true, subtree: true, characterData: true });
-              setTimeout(() => reject(new Error("no first token")), 10000);
-              const started = performance.now();
-              document.querySelector("#send-button").click();
-            })"""
-        )
-        timings.append(elapsed)
-        answer = chat.answers().last
-        page.keyboard.press("Escape")
-        chat.wait_final(answer)
+    timings = chat.first_token_times(5, "Time me, number")
     median = statistics.median(timings)
     print(f"\ntime to first token (ms): p50={median:.0f} all={[round(t) for t in timings]}")
     assert median < 1500, timings
     chat.assert_clean()
-
-
-@pytest.mark.skipif(
-    os.environ.get("UPDATE_SCREENSHOT") != "1", reason="set UPDATE_SCREENSHOT=1 to refresh it"
-)
-def test_update_screenshot(new_session: Callable[..., Session]) -> None:
-    """docs/screenshot.png: the chat page with a finished demo answer, 1280 x 800."""
-    chat = new_session()
-    chat.sign_up("ada")
-    page = chat.page
-    answer = chat.send("How does streaming work here?")
-    chat.wait_final(answer)
-    page.get_by_role("button", name="New chat").click()
-    answer = chat.send("Show me what Markdown you can render.")
-    chat.wait_final(answer)
-    # Show the answer from its heading down, as a reader would after it finished.
-    answer.locator(".message__body h2").scroll_into_view_if_needed()
-    chat.transcript.evaluate("(log) => log.scrollTo(0, 0)")
-    page.mouse.move(0, 0)
-    time.sleep(0.3)  # let the smooth parts (cursor, focus ring) settle for the picture
-    path = Path(ROOT, "docs", "screenshot.png")
-    path.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(path))

@@ -277,34 +277,8 @@ def test_the_transport_control_switches_to_the_websocket(
 
 def test_time_to_first_token_over_the_websocket(ws_chat: Session) -> None:
     """Click Send to the first answer text on the page, over the WebSocket; median of five."""
-    page = ws_chat.page
-    timings = []
-    for index in range(5):
-        page.get_by_role("textbox", name="Message").fill(f"Time me over the socket, {index}.")
-        elapsed = page.evaluate(
-            """() => new Promise((resolve, reject) => {
-              const log = document.querySelector("[role=log]");
-              const before = log.querySelectorAll("article.message--assistant").length;
-              const check = () => {
-                const answers = log.querySelectorAll("article.message--assistant");
-                const body = answers[before]?.querySelector(".message__body");
-                if (body && body.textContent.length > 0) {
-                  observer.disconnect();
-                  resolve(performance.now() - started);
-                }
-              };
-              const observer = new MutationObserver(check);
-              observer.observe(log, { childList: true, subtree: true, characterData: true });
-              setTimeout(() => reject(new Error("no first token")), 10000);
-              const started = performance.now();
-              document.querySelector("#send-button").click();
-            })"""
-        )
-        timings.append(elapsed)
-        answer = ws_chat.answers().last
-        page.keyboard.press("Escape")
-        ws_chat.wait_final(answer)
+    timings = ws_chat.first_token_times(5, "Time me over the socket,")
     median = statistics.median(timings)
-    print(f"\ntime to first token over the WebSocket (ms): p50={median:.0f} all={timings}")
+    print(f"\ntime to first token over the WebSocket (ms): p50={median:.0f} all={[round(t) for t in timings]}")
     assert median < 1500, timings
     ws_chat.assert_clean()
