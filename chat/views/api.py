@@ -74,6 +74,16 @@ def _sent(user_message: Message, assistant: Message) -> dict[str, Any]:
     }
 
 
+async def _start_answer(
+    create: Callable[[], tuple[services.GenerationPlan, dict[str, Any]]],
+) -> JsonResponse:
+    """Create an answer with `create` (a sync service call), then start it: 201."""
+    await generation_ready()
+    plan, answer = await sync_to_async(create)()
+    generation_start(plan)
+    return JsonResponse(answer, status=201)
+
+
 def stream_url(message: Message) -> str:
     return f"/api/messages/{message.id}/stream"
 
@@ -128,10 +138,7 @@ async def conversation_messages(request: HttpRequest, conversation_id: str) -> H
         )
         return plan, _sent(user_message, assistant)
 
-    await generation_ready()
-    plan, answer = await sync_to_async(send)()
-    generation_start(plan)
-    return JsonResponse(answer, status=201)
+    return await _start_answer(send)
 
 
 @api("GET")
@@ -163,10 +170,7 @@ async def message_edit(request: HttpRequest, message_id: str) -> HttpResponse:
         )
         return plan, _sent(user_message, assistant)
 
-    await generation_ready()
-    plan, answer = await sync_to_async(edit)()
-    generation_start(plan)
-    return JsonResponse(answer, status=201)
+    return await _start_answer(edit)
 
 
 @api("POST")
@@ -179,10 +183,7 @@ async def message_regenerate(request: HttpRequest, message_id: str) -> HttpRespo
             "stream_url": stream_url(assistant),
         }
 
-    await generation_ready()
-    plan, answer = await sync_to_async(regenerate)()
-    generation_start(plan)
-    return JsonResponse(answer, status=201)
+    return await _start_answer(regenerate)
 
 
 @api("POST")
