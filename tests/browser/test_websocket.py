@@ -279,6 +279,7 @@ def test_time_to_first_token_over_the_websocket(ws_chat: Session) -> None:
     """Click Send to the first answer text on the page, over the WebSocket; median of five."""
     timings = ws_chat.first_token_times(5, "Time me over the socket,")
     median = statistics.median(timings)
-    print(f"\ntime to first token over the WebSocket (ms): p50={median:.0f} all={[round(t) for t in timings]}")
+    rounded = [round(t) for t in timings]
+    print(f"\ntime to first token over the WebSocket (ms): p50={median:.0f} all={rounded}")
     assert median < 1500, timings
     ws_chat.assert_clean()
