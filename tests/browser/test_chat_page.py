@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Locator, expect
 
-from tests.browser.conftest import Session, demo_answer
+from tests.browser.conftest import ROOT, Session, demo_answer
 
 pytestmark = pytest.mark.browser
 
@@ -334,3 +336,26 @@ def test_time_to_first_token(chat: Session) -> None:
     print(f"\ntime to first token (ms): p50={median:.0f} all={[round(t) for t in timings]}")
     assert median < 1500, timings
     chat.assert_clean()
+
+
+@pytest.mark.skipif(
+    os.environ.get("UPDATE_SCREENSHOT") != "1", reason="set UPDATE_SCREENSHOT=1 to refresh it"
+)
+def test_update_screenshot(new_session: Callable[..., Session]) -> None:
+    """docs/screenshot.png: the chat page with a finished demo answer, 1280 x 800."""
+    chat = new_session()
+    chat.sign_up("ada")
+    page = chat.page
+    answer = chat.send("How does streaming work here?")
+    chat.wait_final(answer)
+    page.get_by_role("button", name="New chat").click()
+    answer = chat.send("Show me what Markdown you can render.")
+    chat.wait_final(answer)
+    # Show the answer from its heading down, as a reader would after it finished.
+    answer.locator(".message__body h2").scroll_into_view_if_needed()
+    chat.transcript.evaluate("(log) => log.scrollTo(0, 0)")
+    page.mouse.move(0, 0)
+    time.sleep(0.3)  # let the smooth parts (cursor, focus ring) settle for the picture
+    path = Path(ROOT, "docs", "screenshot.png")
+    path.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(path))
