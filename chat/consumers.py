@@ -32,7 +32,7 @@ from django.dispatch import receiver
 from django.http import HttpRequest
 
 from chat import services
-from chat.events import parse_event_id
+from chat.events import resume_point
 from chat.generation import answer_stop, generation_ready, generation_start
 from chat.models import Message
 from chat.serializers import message_json
@@ -72,22 +72,6 @@ def _required_str(frame: Frame, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise services.ServiceError(f"`{field}` is required (a string).", code="bad_frame")
     return value
-
-
-def _resume_point(raw: Any) -> tuple[int | None, bool]:
-    """`after` read as the SSE stream reads `?after=`: (position, reset needed).
-
-    Missing or null means from the start; a whole number or a string of digits resumes
-    after it; anything else cannot be honoured, so the reader sends a `reset` first.
-    """
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        raw = str(raw)
-    if raw is None or isinstance(raw, str):
-        try:
-            return parse_event_id(raw), False
-        except ValueError:
-            pass
-    return None, True
 
 
 class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
@@ -209,7 +193,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     async def on_subscribe(self, frame: Frame, ref: str | int | None) -> None:
         message_id = _required_str(frame, "message_id")
-        after, reset = _resume_point(frame.get("after"))
+        after, reset = resume_point(frame.get("after"))
         message = await _db(services.message_for, user=self.user, message_id=message_id)
         if message.role != Message.Role.ASSISTANT:
             raise services.ServiceError(

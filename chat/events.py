@@ -138,3 +138,19 @@ def parse_event_id(raw: str | None) -> int | None:
     if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
         raise ValueError(f"not an event id: {raw[:40]!r}")
     return int(raw)
+
+
+def resume_point(raw: object) -> tuple[int | None, bool]:
+    """Where a reader resumes, from the id it sent: (position, whether a `reset` is needed).
+
+    Missing, empty or null means from the start; a whole number or a string of digits
+    resumes after it; anything else cannot be honoured, so the reader gets a `reset` first.
+    """
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    if raw is None or isinstance(raw, str):
+        try:
+            return parse_event_id(raw), False
+        except ValueError:
+            pass
+    return None, True

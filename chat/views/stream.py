@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
 from chat import services
-from chat.events import SSE_PING, Event, parse_event_id
+from chat.events import SSE_PING, Event, resume_point
 from chat.models import Message
 from chat.streams.reader import Ping, follow, is_finished_at
 from chat.views.errors import json_error
@@ -38,11 +38,7 @@ async def message_stream(request: HttpRequest, message_id: str) -> HttpResponseB
     raw = request.headers.get("Last-Event-ID")
     if raw is None or not raw.strip():
         raw = request.GET.get("after")
-    reset = False
-    try:
-        after = parse_event_id(raw)
-    except ValueError:
-        after, reset = None, True
+    after, reset = resume_point(raw)
     if is_finished_at(message, after):
         return HttpResponse(status=204)  # EventSource stops reconnecting on 204
 
