@@ -11,7 +11,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,8 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
+
+from tests.processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -65,12 +66,6 @@ class LiveServer:
     url: str
     process: subprocess.Popen[bytes]
     log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _server_env(database: Path, tokens_per_second: float) -> dict[str, str]:
@@ -148,7 +143,7 @@ def _start(directory: Path, template_db: Path, tokens_per_second: float) -> Live
     database = directory / "browser.sqlite3"
     shutil.copyfile(template_db, database)
     env = _server_env(database, tokens_per_second)
-    port = _free_port()
+    port = free_port()
     log = directory / "daphne.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
@@ -171,13 +166,7 @@ def _start(directory: Path, template_db: Path, tokens_per_second: float) -> Live
 
 
 def _stop(server: LiveServer) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=10)
+    stop_process(server.process)
 
 
 @pytest.fixture(scope="session")

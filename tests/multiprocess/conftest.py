@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import redis
 
 from tests.fakes.base import Script
 from tests.fakes.openai_server import OpenAIServer
+from tests.processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -77,13 +77,7 @@ class Server:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 @dataclass
@@ -94,9 +88,7 @@ class Cluster:
     servers: list[Server]
 
     def start(self, name: str) -> Server:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         log = self.directory / f"{name}.log"
         with log.open("wb") as output:
             process = subprocess.Popen(
