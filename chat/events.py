@@ -9,13 +9,23 @@ server remembering what it sent:
 
 Tokens are never empty, so ids increase strictly, and the same id means the same place
 whether the events come from the live stream log or are replayed from the database.
+
+Live formatting rides on `token` and `reset`: their optional `blocks` list the Markdown
+blocks the answer has just finished, each as `{"start", "end", "html"}` (positions in the
+answer, sanitized HTML). A client shows those as formatted and only the text after the
+last block's `end` as plain text; blocks ending at or before what it has already
+formatted are repeats after a resume and are skipped.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from chat.rendering import Block
 
 EventName = Literal["start", "token", "reset", "usage", "error", "final"]
 
@@ -57,6 +67,9 @@ class Outcome:
     error_code: str = ""
     error_message: str = ""
     retryable: bool = False
+    # Time to the first token and the whole generation's duration, for the footnote.
+    ttft_ms: int | None = None
+    duration_ms: int | None = None
 
 
 def final_id(length: int) -> int:
@@ -67,12 +80,19 @@ def start_event(message_id: str, model: str) -> Event:
     return Event(0, "start", {"message_id": message_id, "model": model})
 
 
-def token_event(text: str, end: int) -> Event:
-    return Event(end, "token", {"text": text})
+def token_event(text: str, end: int, blocks: Sequence[Block] = ()) -> Event:
+    """The next text; `blocks` are Markdown blocks it finished, for live formatting."""
+    data: dict[str, Any] = {"text": text}
+    if blocks:
+        data["blocks"] = [block.json() for block in blocks]
+    return Event(end, "token", data)
 
 
-def reset_event(content: str) -> Event:
-    return Event(len(content), "reset", {"content": content})
+def reset_event(content: str, blocks: Sequence[Block] = ()) -> Event:
+    data: dict[str, Any] = {"content": content}
+    if blocks:
+        data["blocks"] = [block.json() for block in blocks]
+    return Event(len(content), "reset", data)
 
 
 def replay_tokens(content: str, after: int) -> list[Event]:
@@ -122,6 +142,8 @@ def terminal_events(content: str, outcome: Outcome, html: str, after: int) -> li
                 "finish_reason": outcome.finish_reason or None,
                 "content": content,
                 "html": html,
+                "ttft_ms": outcome.ttft_ms,
+                "duration_ms": outcome.duration_ms,
             },
         )
     )
@@ -154,3 +176,12 @@ def resume_point(raw: object) -> tuple[int | None, bool]:
         except ValueError:
             pass
     return None, True
+
+
+def rendered_point(raw: object) -> int | None:
+    """Where a client's formatted blocks end, as it sent it; None when absent or unusable."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw if raw >= 0 else None
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 12:
+        return int(raw)
+    return None

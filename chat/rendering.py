@@ -8,7 +8,10 @@ attribute or a remote image. Templates additionally wrap the result in `hx-disab
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -82,3 +85,93 @@ def render_markdown(text: str) -> str:
         filter_style_properties={"text-align"},
         strip_comments=True,
     )
+
+
+# A fence opens a block that only a matching closing fence can end; until one arrives
+# there is no point parsing the growing code again.
+_FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})")
+_FENCE_CLOSE = re.compile(r"^ {0,3}(`{3,}|~{3,})[ \t]*$", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A finished top-level Markdown block: `html` renders `answer[start:end]`."""
+
+    start: int
+    end: int
+    html: str
+
+    def json(self) -> dict[str, object]:
+        return {"start": self.start, "end": self.end, "html": self.html}
+
+
+class LiveMarkdown:
+    """Formats an answer while it grows, one finished block at a time.
+
+    A top-level block (paragraph, list, code block, table…) is finished once the next one
+    has begun: nothing written later can change it. Each finished block is rendered once,
+    so the work and the bytes stay linear in the answer's length; only the unfinished
+    tail stays plain text. `start` is where the tail begins in the answer, in code points.
+    """
+
+    def __init__(self, start: int = 0) -> None:
+        self.start = start
+        self.tail = ""
+        self._new_line = False
+        self._fence_from: int | None = None
+
+    @classmethod
+    def resume(cls, text: str, start: int = 0) -> tuple[LiveMarkdown, list[Block]]:
+        """Take over `text` (the answer from `start` on, none of it rendered yet).
+
+        Returns the state and the blocks of `text` that are already finished.
+        """
+        live = cls(start)
+        live.tail = text
+        if "\r" in text:
+            return live, []
+        return live, live._split()
+
+    def feed(self, text: str) -> list[Block]:
+        """Add the answer's next text; returns the blocks it finished, rendered."""
+        if not text:
+            return []
+        self.tail += text
+        if "\n" in text:
+            self._new_line = True
+        # A new block can only begin on a line after a line break.
+        if not self._new_line or "\r" in self.tail:
+            return []
+        if self._fence_from is not None and not _FENCE_CLOSE.search(self.tail, self._fence_from):
+            self._fence_from = max(self._fence_from, self.tail.rfind("\n") + 1)
+            return []
+        return self._split()
+
+    def _split(self) -> list[Block]:
+        tokens = _markdown().parse(self.tail)
+        starts = [
+            token.map[0]
+            for token in tokens
+            if token.level == 0 and token.nesting != -1 and token.map is not None
+        ]
+        if len(starts) < 2:
+            self._settle()
+            return []
+        # markdown-it counts lines by "\n" alone (a "\r" stops live formatting, see feed).
+        line_offsets = [0, *itertools.accumulate(len(line) + 1 for line in self.tail.split("\n"))]
+        cuts = [0, *(line_offsets[line] for line in starts[1:])]
+        blocks = [
+            Block(self.start + begin, self.start + end, render_markdown(self.tail[begin:end]))
+            for begin, end in itertools.pairwise(cuts)
+        ]
+        self.start += cuts[-1]
+        self.tail = self.tail[cuts[-1] :]
+        self._settle()
+        return blocks
+
+    def _settle(self) -> None:
+        # Text after a trailing line break may begin a new block; otherwise only a later
+        # line break can. An open fence is only worth parsing again once it may be closed.
+        self._new_line = self.tail.endswith("\n")
+        opened = _FENCE_OPEN.match(self.tail)
+        self._fence_from = (self.tail.find("\n") + 1 or len(self.tail)) if opened else None

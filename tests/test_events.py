@@ -91,6 +91,8 @@ def test_terminal_event_ids_follow_the_answer_length() -> None:
         "finish_reason": "error",
         "content": TEXT,
         "html": "<p>x</p>",
+        "ttft_ms": None,
+        "duration_ms": None,
     }
 
 
