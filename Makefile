@@ -7,7 +7,7 @@ endif
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-postgres install browser-deps services screenshot
+.PHONY: run test test-postgres-redis install browser-deps services screenshot
 
 install:
 	@scripts/ensure-uv
@@ -26,13 +26,16 @@ test: install browser-deps services
 	DJANGO_DEBUG=1 $(UV) run --frozen python manage.py makemigrations --check --dry-run
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
-## The behaviour tests again, on PostgreSQL instead of SQLite.
-test-postgres: install services
+## The behaviour tests again, as several processes run: PostgreSQL and the Redis delivery.
+## Each run has its own test database and Redis key prefix, and deletes only those.
+test-postgres-redis: install services
 	DATABASE_URL=$${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/chat} \
+	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/1} \
 		$(UV) run --frozen pytest tests --ignore=tests/browser --ignore=tests/multiprocess $(PYTEST_ARGS)
 
 browser-deps:
 	@scripts/ensure-chromium
+	@scripts/ensure-node-tools
 
 services:
 	@scripts/ensure-services

@@ -2,19 +2,29 @@
 
 Generations run as tasks on each test's event loop; `_isolated_generations` makes sure
 none outlives its test and that every test starts with an empty stream log.
+
+The suite runs twice: on SQLite with in-process delivery, and on PostgreSQL with Redis
+(`REDIS_URL` set; the root conftest gives the run a key prefix of its own). Tests use the
+configured stream log through its interface, so most of them run on both.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from django.core.cache import cache, caches
+import redis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
+from django.core.cache.backends.redis import RedisCache
 
 from chat import generation
+from chat.db import release_connections
 from chat.providers import registry
 from chat.providers.base import Provider
 from chat.streams import get_stream_log
@@ -26,12 +36,86 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", "ignore:No directory at:UserWarning")
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """A PostgreSQL test database of this run's own (SQLite's is per process already).
+
+    Django drops a test database it finds in its way: two runs sharing one name on a
+    machine would drop each other's.
+    """
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] != "django.db.backends.sqlite3":
+        database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_{os.getpid()}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quick_postgres_flush() -> Iterator[None]:
+    """Empty PostgreSQL's tables after each transactional test by DELETE, not TRUNCATE.
+
+    TRUNCATE gives every table and index a new file: about 0.2 s for this schema, more on
+    a busy disk, after each of hundreds of tests; deleting their few rows takes
+    milliseconds. The flush runs in one transaction and foreign keys are checked at its
+    commit, so the order of the tables does not matter.
+    """
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        yield
+        return
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    truncate = DatabaseOperations.sql_flush
+
+    def delete(
+        self: DatabaseOperations,
+        style: Any,
+        tables: list[str],
+        *,
+        reset_sequences: bool = False,
+        allow_cascade: bool = False,
+    ) -> list[str]:
+        if reset_sequences or allow_cascade:
+            return truncate(
+                self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade
+            )
+        # The names are Django's own tables, quoted.
+        return [f"DELETE FROM {self.quote_name(table)};" for table in tables]  # noqa: S608
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DatabaseOperations, "sql_flush", delete)
+        yield
+
+
+@pytest.fixture(scope="session")
+def _redis_namespace() -> Iterator[redis.Redis | None]:
+    """A client of the run's Redis (None without one); the run's keys go at the end."""
+    if not settings.REDIS_URL:
+        yield None
+        return
+    prefix = settings.CHAT_REDIS_PREFIX
+    assert prefix.startswith("chat-test-"), f"not a test run's own prefix: {prefix!r}"
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        yield client
+    finally:
+        _delete_matching(client, f"{prefix}*")
+        client.close()
+
+
+def _delete_matching(client: redis.Redis, pattern: str) -> None:
+    keys = list(client.scan_iter(match=pattern, count=1000))
+    if keys:
+        client.delete(*keys)
+
+
 @pytest.fixture(autouse=True)
-async def _isolated_generations() -> AsyncIterator[None]:
-    """A fresh stream log per test; at the end, no generation left running."""
+async def _isolated_generations(_redis_namespace: redis.Redis | None) -> AsyncIterator[None]:
+    """A fresh stream log and cache per test; at the end, no generation left running."""
     get_stream_log.cache_clear()
-    if isinstance(caches["default"], LocMemCache):
-        cache.clear()  # rate-limit counters; never clear a shared (Redis) cache
+    default = caches["default"]
+    if isinstance(default, LocMemCache):
+        default.clear()  # rate-limit counters
+    elif isinstance(default, RedisCache) and _redis_namespace is not None:
+        # `clear()` would empty the whole Redis database: delete this run's entries only.
+        _delete_matching(_redis_namespace, default.make_key("*"))
     yield
     leftover = list(generation._running.values())
     for running in leftover:
@@ -39,13 +123,21 @@ async def _isolated_generations() -> AsyncIterator[None]:
     tasks = [running.task for running in leftover if running.task is not None]
     if tasks:
         await asyncio.wait(tasks, timeout=5)
+    await get_stream_log().aclose()
     get_stream_log.cache_clear()
+    # The test client keeps the connection of the thread its async views run in (to keep
+    # a test's transaction); no connection may outlive its test, or the test database
+    # cannot be dropped at the end.
+    await sync_to_async(release_connections)()
 
 
 @pytest.fixture(autouse=True)
 def _chat_settings(settings: Any) -> None:
     """A demo model fast enough that a whole answer takes a few hundredths of a second."""
     settings.CHAT_DEMO_TOKENS_PER_SECOND = 5000
+    # No title requests unless a test is about titles: a title asked of a scripted or fake
+    # provider would be one more request among those a test counts.
+    settings.CHAT_TITLES = False
     # Pages link static files by name: no `collectstatic` manifest needed in a fresh clone.
     settings.STORAGES = {
         **settings.STORAGES,

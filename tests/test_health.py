@@ -5,11 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.db import OperationalError
 from django.db.backends.utils import CursorWrapper
 from django.test import Client
 
 pytestmark = pytest.mark.django_db
+
+
+def other_checks() -> dict[str, bool]:
+    """The checks besides the database's, all passing: Redis when it is configured."""
+    return {"redis": True} if settings.REDIS_URL else {}
 
 
 def test_healthz_answers_200_to_anyone(client: Client) -> None:
@@ -24,7 +30,7 @@ def test_readyz_answers_200_when_the_database_answers(client: Client) -> None:
     response = client.get("/readyz")
 
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": True}}
+    assert response.json() == {"status": "ok", "checks": {"database": True, **other_checks()}}
 
 
 def test_readyz_answers_503_when_the_database_does_not(
@@ -38,7 +44,10 @@ def test_readyz_answers_503_when_the_database_does_not(
     response = client.get("/readyz")
 
     assert response.status_code == 503
-    assert response.json() == {"status": "unavailable", "checks": {"database": False}}
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": False, **other_checks()},
+    }
 
 
 def test_metrics_need_the_token_or_a_staff_session(

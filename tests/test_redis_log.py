@@ -32,7 +32,9 @@ def _redis_or_skip() -> None:
 async def log() -> AsyncIterator[RedisStreamLog]:
     _redis_or_skip()
     prefix = f"chat-test-{secrets.token_hex(4)}:"
-    yield RedisStreamLog(REDIS, prefix=prefix, retention=60, max_lifetime=60)
+    log = RedisStreamLog(REDIS, prefix=prefix, retention=60, max_lifetime=60)
+    yield log
+    await log.aclose()
     client = redis.Redis.from_url(REDIS)
     for key in client.scan_iter(f"{prefix}*"):
         client.delete(key)
@@ -77,6 +79,19 @@ async def test_any_position_resumes_even_inside_a_frame(log: RedisStreamLog) -> 
     assert past is not None and past.outcome == DONE and past.text == ""
 
 
+async def test_only_a_finished_stream_can_be_expired_at_once(log: RedisStreamLog) -> None:
+    message_id = uuid.uuid4()
+    log.open(message_id)
+    log.append(message_id, "still going")
+    await _flushed(log, message_id, len("still going"))
+    await log.expire(message_id)
+    assert await log.read(message_id, 0, 0) is not None
+
+    await log.finish(message_id, DONE, "")
+    await log.expire(message_id)
+    assert await log.read(message_id, 0, 0) is None
+
+
 async def test_a_waiting_reader_wakes_at_the_next_frame(log: RedisStreamLog) -> None:
     message_id = uuid.uuid4()
     log.open(message_id)
@@ -117,11 +132,17 @@ async def test_presence_of_a_reader_resets_the_idle_clock(log: RedisStreamLog) -
     async with log.reading(message_id):
         await asyncio.sleep(0.05)
         assert await log.idle_seconds(message_id) == 0.0
+        async with log.reading(message_id):
+            await asyncio.sleep(0.05)
+        assert await log.idle_seconds(message_id) == 0.0  # one reader is still there
+    # The clock restarted when the last reader left, not when its mark would go stale.
+    assert 0.0 < await log.idle_seconds(message_id) < 0.2
 
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_send_fails_fast_with_503_when_redis_is_down(api: ChatApi, settings: Any) -> None:
     conversation = await api.create_conversation()
+    configured = settings.REDIS_URL
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
     get_stream_log.cache_clear()
     try:
@@ -129,7 +150,8 @@ async def test_a_send_fails_fast_with_503_when_redis_is_down(api: ChatApi, setti
             f"/api/conversations/{conversation['id']}/messages", {"content": "Hi"}
         )
     finally:
-        settings.REDIS_URL = ""
+        await get_stream_log().aclose()
+        settings.REDIS_URL = configured
         get_stream_log.cache_clear()
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "unavailable"

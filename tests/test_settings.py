@@ -25,7 +25,7 @@ def run(code: str, env: dict[str, str], *args: str) -> subprocess.CompletedProce
     clean = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(("DJANGO_", "CHAT_", "DATABASE_URL", "REDIS_URL", "METRICS_"))
+        if not name.startswith(("DJANGO_", "CHAT_", "DATABASE_", "REDIS_URL", "METRICS_"))
     }
     clean["DJANGO_SETTINGS_MODULE"] = "chatsite.settings"
     # Cache bytecode outside the repository even where writing it is switched off: a
@@ -97,6 +97,27 @@ def test_the_websocket_frame_limit_grows_with_the_prompt_limit() -> None:
     assert default.stdout.split() == ["524288"], default.stderr
     longer = run(show, {"DJANGO_DEBUG": "1", "CHAT_MAX_PROMPT_CHARS": "200000"})
     assert int(longer.stdout) >= 4 * 200_000, longer.stderr
+
+
+def test_postgresql_connections_come_from_a_pool_unless_it_is_turned_off() -> None:
+    show = IGNORE_DOTENV + (
+        "import importlib, os\n"
+        "import chatsite.settings as settings\n"
+        "def show():\n"
+        "    db = settings.DATABASES['default']\n"
+        "    pool = db.get('OPTIONS', {}).get('pool')\n"
+        "    print(db['CONN_MAX_AGE'], db['CONN_HEALTH_CHECKS'], pool)\n"
+        "show()\n"
+        "os.environ['DATABASE_POOL_MAX_SIZE'] = '0'\n"
+        "importlib.reload(settings)\n"
+        "show()\n"
+    )
+    result = run(show, {"DJANGO_DEBUG": "1", "DATABASE_URL": "postgres://chat@db.internal/chat"})
+
+    pooled, unpooled = result.stdout.splitlines()
+    # Django's pool refuses persistent connections; it checks each one it lends.
+    assert pooled == "0 True {'min_size': 2, 'max_size': 10, 'timeout': 10.0}", result.stderr
+    assert unpooled == "0 False None"
 
 
 def test_a_production_configuration_passes_the_deploy_check() -> None:

@@ -11,6 +11,7 @@ import pytest
 from chat.events import Outcome
 from chat.streams import get_stream_log
 from chat.streams.memory import MemoryStreamLog
+from chat.streams.redis import RedisStreamLog
 from tests.helpers import eventually
 
 DONE = Outcome("complete", "stop", 1, 2)
@@ -26,9 +27,16 @@ def message_id() -> uuid.UUID:
     return uuid.uuid4()
 
 
-def test_the_default_log_is_in_process_and_shared() -> None:
+def test_the_log_is_in_process_unless_redis_is_configured(settings: Any) -> None:
+    settings.REDIS_URL = ""
+    get_stream_log.cache_clear()
     assert isinstance(get_stream_log(), MemoryStreamLog)
-    assert get_stream_log() is get_stream_log()
+    assert get_stream_log() is get_stream_log()  # one per process
+
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"
+    get_stream_log.cache_clear()
+    assert isinstance(get_stream_log(), RedisStreamLog)
+    get_stream_log.cache_clear()
 
 
 async def test_an_unknown_message_is_none(log: MemoryStreamLog) -> None:
@@ -144,6 +152,19 @@ async def test_a_finished_stream_expires_after_the_retention(
         return await log.read(message_id, 0, 0) is None
 
     await eventually(expired, timeout=2)
+
+
+async def test_only_a_finished_stream_can_be_expired_at_once(
+    log: MemoryStreamLog, message_id: uuid.UUID
+) -> None:
+    log.open(message_id)
+    log.append(message_id, "still going")
+    await log.expire(message_id)
+    assert await log.read(message_id, 0, 0) is not None
+
+    await log.finish(message_id, DONE, "")
+    await log.expire(message_id)
+    assert await log.read(message_id, 0, 0) is None
 
 
 async def test_idle_time_counts_only_without_readers(

@@ -73,6 +73,21 @@ class StreamLog(ABC):
     async def broadcast_cancel(self, message_id: UUID) -> None:
         """Ask every process to cancel this generation (a no-op within one process)."""
 
+    @abstractmethod
+    async def expire(self, message_id: UUID) -> None:
+        """End a finished message's retention now: readers then use the database.
+
+        A message still being written is left alone.
+        """
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop the background work and close the connections of the running loop.
+
+        Writes not yet sent are dropped. Servers never need this (they exit); tests,
+        which run one event loop each, do.
+        """
+
 
 class LogUnavailable(Exception):
     """The stream log's server cannot be reached."""

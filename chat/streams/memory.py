@@ -91,6 +91,14 @@ class MemoryStreamLog(StreamLog):
     async def check_available(self) -> None:
         return None  # in-process: always there
 
+    async def aclose(self) -> None:
+        return None  # no connections, no background tasks
+
+    async def expire(self, message_id: UUID) -> None:
+        entry = self._entries.get(message_id)
+        if entry is not None and entry.outcome is not None:
+            del self._entries[message_id]
+
     async def broadcast_cancel(self, message_id: UUID) -> None:
         return None  # only this process can run it, and generation_cancel looked here
 

@@ -17,6 +17,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from chat import services
+from chat.db import release_connections
 from chat.events import (
     Event,
     Outcome,
@@ -28,7 +29,7 @@ from chat.events import (
     token_event,
 )
 from chat.models import Message
-from chat.rendering import render_markdown
+from chat.rendering import Block, LiveMarkdown, render_markdown
 from chat.streams import get_stream_log
 
 
@@ -41,8 +42,13 @@ PING = Ping()
 
 
 def _reload(message_id: uuid.UUID) -> Message:
-    message = Message.objects.get(id=message_id)
-    return services.message_check_alive(message=message)
+    try:
+        message = Message.objects.get(id=message_id)
+        return services.message_check_alive(message=message)
+    finally:
+        # A reader may wait minutes between two looks at the database: hold no
+        # connection in between.
+        release_connections()
 
 
 def is_finished_at(message: Message, after: int | None) -> bool:
@@ -55,12 +61,14 @@ def is_finished_at(message: Message, after: int | None) -> bool:
 
 
 async def follow(
-    message: Message, after: int | None, *, reset: bool = False
+    message: Message, after: int | None, *, reset: bool = False, rendered: int | None = None
 ) -> AsyncIterator[Event | Ping]:
     """The events after `after` (all of them when None), ending with `final`.
 
     `message` must already be checked for access. With `reset` the reader's position is
-    unusable: it gets a `reset` with the text so far, then what follows.
+    unusable: it gets a `reset` with the text so far, then what follows. `rendered` is
+    where the client's formatted blocks end (see chat.events); without it a resuming
+    client is assumed to have formatted what a reader from the start would have.
     """
     log = get_stream_log()
     message_id = message.id
@@ -68,6 +76,8 @@ async def follow(
         yield start_event(str(message_id), message.model)
     position = 0 if after is None else after
     last_ping = time.monotonic()
+    live: LiveMarkdown | None = LiveMarkdown() if position == 0 else None
+    caught_up: list[Block] = []
 
     async with log.reading(message_id):
         while True:
@@ -91,11 +101,18 @@ async def follow(
                 whole = await log.read(message_id, 0, 0)
                 if whole is None:
                     break
-                yield reset_event(whole.text)
+                live, blocks = LiveMarkdown.resume(whole.text)
+                yield reset_event(whole.text, blocks)
                 reset, position = False, whole.end
                 continue
             if chunk.text:
-                yield token_event(chunk.text, chunk.end)
+                if live is None:
+                    whole = await log.read(message_id, 0, 0)
+                    seen = whole.text[:position] if whole is not None else ""
+                    live, caught_up = _resume_live(seen, rendered)
+                blocks = [*caught_up, *live.feed(chunk.text)]
+                caught_up = []
+                yield token_event(chunk.text, chunk.end, blocks)
                 position = chunk.end
             if chunk.outcome is not None:
                 whole = await log.read(message_id, 0, 0)
@@ -115,6 +132,14 @@ async def follow(
     outcome = services.message_outcome(message=message)
     for event in _ending(content, outcome, render_markdown(content), position):
         yield event
+
+
+def _resume_live(seen: str, rendered: int | None) -> tuple[LiveMarkdown, list[Block]]:
+    """Live formatting for a reader that resumes with `seen` already on its page."""
+    if rendered is None or not 0 <= rendered <= len(seen):
+        live, _ = LiveMarkdown.resume(seen)
+        return live, []
+    return LiveMarkdown.resume(seen[rendered:], rendered)
 
 
 def _ending(content: str, outcome: Outcome, html: str, position: int) -> list[Event]:

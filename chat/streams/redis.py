@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -34,8 +34,11 @@ from chat.streams.base import Chunk, LogUnavailable, StreamLog
 logger = logging.getLogger(__name__)
 
 # A reader refreshes its presence this often; the generation counts it as reading while
-# the mark is younger than twice that.
+# the mark is younger than twice that (a reader whose process died stops counting then).
 PRESENCE_EVERY = 5.0
+# The field of the presence hash that says when a reader last left; the others are
+# readers' own marks.
+LEFT = "left"
 # Longest single wait for a wake-up; a missed one costs at most this much delay.
 WAKE_SLICE = 5.0
 
@@ -172,6 +175,22 @@ class RedisStreamLog(StreamLog):
         except (RedisError, OSError, TimeoutError) as error:
             raise LogUnavailable(str(error)) from error
 
+    async def expire(self, message_id: UUID) -> None:
+        self._state()
+        key = self._key(message_id)
+        last = await self._redis.xrevrange(key, "+", "-", count=1)
+        if last and "o" in (last[0][1] or {}):
+            await self._redis.delete(key)
+
+    async def aclose(self) -> None:
+        if self._loop is None or self._loop is not asyncio.get_running_loop():
+            return
+        self._loop = None
+        for task in (self._writer, self._listener):
+            task.cancel()
+        await asyncio.gather(self._writer, self._listener, return_exceptions=True)
+        await self._redis.aclose()
+
     # --- Reading ---------------------------------------------------------------------
 
     async def read(self, message_id: UUID, after: int, wait: float) -> Chunk | None:
@@ -202,30 +221,45 @@ class RedisStreamLog(StreamLog):
 
     # --- Presence ----------------------------------------------------------------------
 
+    # Each reader, in any process, keeps its own field of one hash per message fresh, and
+    # deletes it when it leaves, writing the time it left: the idle clock then starts at
+    # the last departure, exactly as the in-process count does.
+
     async def idle_seconds(self, message_id: UUID) -> float:
         self._state()
         try:
-            seen = await self._redis.get(f"{self._prefix}seen:{message_id}")
+            marks = await self._redis.hgetall(self._presence_key(message_id))
         except RedisError:
             return 0.0  # unknown: never abandon on a Redis hiccup
-        if seen is not None:
-            idle = time.time() - float(seen)
-            return 0.0 if idle < 2 * PRESENCE_EVERY else idle
+        now = time.time()
+        left = float(marks.pop(LEFT, 0.0))
+        seen = [float(mark) for mark in marks.values()]
+        if any(now - mark < 2 * PRESENCE_EVERY for mark in seen):
+            return 0.0
+        last = max([left, *seen])
+        if last:
+            return now - last
         opened = self._opened.get(message_id)
         return 0.0 if opened is None else time.monotonic() - opened
 
     @contextlib.asynccontextmanager
     async def reading(self, message_id: UUID) -> AsyncIterator[None]:
         self._state()
-        key = f"{self._prefix}seen:{message_id}"
+        key = self._presence_key(message_id)
+        reader = uuid4().hex
 
-        async def mark() -> None:
+        async def mark(field: str, *, leave: bool = False) -> None:
             with contextlib.suppress(RedisError):
-                await self._redis.set(key, str(time.time()), ex=self._max_lifetime)
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    if leave:
+                        pipe.hdel(key, reader)
+                    pipe.hset(key, field, str(time.time()))
+                    pipe.expire(key, self._max_lifetime)
+                    await pipe.execute()
 
         async def keep_marking() -> None:
             while True:
-                await mark()
+                await mark(reader)
                 await asyncio.sleep(PRESENCE_EVERY)
 
         task = asyncio.get_running_loop().create_task(keep_marking())
@@ -233,8 +267,10 @@ class RedisStreamLog(StreamLog):
             yield
         finally:
             task.cancel()
-            # The last reader's departure starts the idle clock at the right moment.
-            await asyncio.shield(mark())
+            await asyncio.shield(mark(LEFT, leave=True))
+
+    def _presence_key(self, message_id: UUID) -> str:
+        return f"{self._prefix}seen:{message_id}"
 
 
 def _chunk(entries: list[Any], last: Any, after: int) -> Chunk | None:

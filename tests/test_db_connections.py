@@ -1,0 +1,93 @@
+"""A long stream uses the database for moments, and holds no connection in between.
+
+An answer streams for minutes; its generation writes once a second and its readers look
+at the database only when the answer falls silent. Each of those threads must give its
+connection back (to PostgreSQL's pool, or closed) after every use, or a busy server runs
+out of connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
+
+from chat import generation
+from chat.models import Message
+from chat.providers.base import Finish, Usage
+from tests.helpers import ChatApi, ScriptedProvider, eventually
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _holds_connection() -> bool:
+    return any(c.connection is not None for c in connections.all(initialized_only=True))
+
+
+async def _generation_threads_holding_one() -> list[str]:
+    """The generation's database threads that hold a connection right now."""
+    pool = generation._db_pool
+    workers = pool._max_workers
+    # Every probe waits for the others, so each runs in a thread of its own: all of them.
+    barrier = threading.Barrier(workers, timeout=5)
+
+    def probe() -> tuple[str, bool]:
+        barrier.wait()
+        return threading.current_thread().name, _holds_connection()
+
+    loop = asyncio.get_running_loop()
+    found = await asyncio.gather(*(loop.run_in_executor(pool, probe) for _ in range(workers)))
+    assert len({name for name, _ in found}) == workers
+    return [name for name, held in found if held]
+
+
+def _pool_connections_in_use() -> int | None:
+    """Connections lent by PostgreSQL's pool and not yet given back (None: no pool)."""
+    pool = getattr(connections["default"], "pool", None)
+    if pool is None:
+        return None
+    stats = pool.get_stats()
+    return int(stats["pool_size"] - stats["pool_available"])
+
+
+async def test_a_long_stream_holds_no_connection_between_flushes(
+    api: ChatApi, scripted: ScriptedProvider, settings: Any
+) -> None:
+    settings.CHAT_FLUSH_INTERVAL = 0.05
+    # While the answer is silent its reader checks the database at every ping.
+    settings.CHAT_PING_INTERVAL = 0.05
+    lent_before = _pool_connections_in_use()
+    gate = asyncio.Event()
+    scripted.script = ["Half ", "of it", gate, " and the rest", Usage(3, 4), Finish("stop")]
+    message = await api.ask(model=scripted.model_id)
+    stream = await api.open_stream(message["id"])
+    try:
+        await stream.read(until=lambda s: s.text == "Half of it")
+
+        async def flushed() -> bool:
+            row = await generation.run_db(Message.objects.get, id=message["id"])
+            return row.content == "Half of it"
+
+        await eventually(flushed)
+        await stream.read(until=lambda s: s.pings >= 3)
+        assert generation.is_running(uuid.UUID(message["id"])), "the answer is still going"
+
+        # The thread the stream's request runs its database work in (the test client's
+        # shared one here, a thread per request under a server) holds none.
+        assert not await sync_to_async(_holds_connection)()
+        assert await _generation_threads_holding_one() == []
+        # With PostgreSQL's pool: no more connections lent than before the answer began
+        # (the test's own, which made the user).
+        await eventually(lambda: _pool_connections_in_use() == lent_before)
+
+        gate.set()
+        await stream.read_to_end()
+    finally:
+        await stream.close()
+    assert stream.text == "Half of it and the rest"
+    assert (await api.finished(message["id"]))["content"] == "Half of it and the rest"
