@@ -8,5 +8,6 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Connects the receiver that closes a session's sockets when it logs out.
-        from chat import consumers  # noqa: F401
+        # Connects the receivers that end a user's streams and sockets when their sign-in
+        # ends (logout, a new password, a deactivated account).
+        from chat import revocation  # noqa: F401

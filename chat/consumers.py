@@ -4,7 +4,8 @@ A thin reader, like the SSE view: each subscription is one asyncio task that fol
 stream log through `chat.streams.reader.follow` and sends every event itself. Tokens never
 travel through the channel layer: Channels awaits a thread hop before every handler, so
 that would serialise every token of every user on one thread (PITFALLS.md). The channel
-layer carries one control message: close a session's sockets when it logs out.
+layer carries only control messages: close a socket whose sign-in ended (logout, a new
+password, a deactivated account; see `chat.revocation`).
 
 Client frames are JSON objects with a `type`; any of them may carry a `ref` (a short string
 or a number) that the direct answer to it (`accepted`, or an `error`) carries back. A bad
@@ -15,7 +16,6 @@ frame gets an `error` frame without `id`, and the socket stays open; the stream'
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import uuid
@@ -25,23 +25,21 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
 from django.conf import settings
-from django.contrib.auth import user_logged_out
-from django.dispatch import receiver
-from django.http import HttpRequest
 
 from chat import services
-from chat.events import resume_point
+from chat.events import rendered_point, resume_point
 from chat.generation import answer_stop, generation_ready, generation_start
 from chat.models import Message
+from chat.revocation import Credential, user_group
 from chat.serializers import message_json
 from chat.streams.reader import Ping, follow, is_finished_at
 
 logger = logging.getLogger(__name__)
 
-# Close code for a socket whose session logged out (4000-4999 belong to applications);
-# the page does not reconnect after it.
+# Close code for a socket whose sign-in ended: its session logged out, the password
+# changed, the account was deactivated (4000-4999 belong to applications); the page does
+# not reconnect after it.
 CLOSE_SIGNED_OUT = 4401
 # Close code when a subscription failed inside the server; the page reconnects and
 # subscribes again from what it has.
@@ -58,15 +56,6 @@ async def _db[**P, R](fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> 
     return result
 
 
-def _session_tag(session_key: str | None) -> str | None:
-    """Names a session on the channel layer without putting its key there."""
-    return hashlib.sha256(session_key.encode()).hexdigest()[:32] if session_key else None
-
-
-def user_group(user_id: Any) -> str:
-    return f"user-{user_id}"
-
-
 def _required_str(frame: Frame, field: str) -> str:
     value = frame.get(field)
     if not isinstance(value, str) or not value:
@@ -79,7 +68,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         super().__init__(*args, **kwargs)
         self.user: Any = None
         self.group: str | None = None
-        self.session_tag: str | None = None
+        self.credential: Credential | None = None
         # message id -> the task relaying that message's events to this socket
         self.subscriptions: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.handlers = {
@@ -97,7 +86,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.close()
             return
         self.user = user
-        self.session_tag = _session_tag(self.scope["session"].session_key)
+        self.credential = Credential(user.pk, session_key=self.scope["session"].session_key)
         self.group = user_group(user.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
@@ -109,8 +98,15 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     async def session_logged_out(self, event: dict[str, Any]) -> None:
         """The channel layer's word that a session of this user logged out."""
-        session = event.get("session")
-        if session is None or session == self.session_tag:
+        await self.end_if_signed_out(event)
+
+    async def credentials_changed(self, event: dict[str, Any]) -> None:
+        """The channel layer's word that this user's password or account changed."""
+        await self.end_if_signed_out(event)
+
+    async def end_if_signed_out(self, event: dict[str, Any]) -> None:
+        if self.credential is not None and await self.credential.ended_by(event):
+            self.credential = None
             await self.unsubscribe_all()
             await self.close(code=CLOSE_SIGNED_OUT)
 
@@ -169,14 +165,17 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             content=frame.get("content"),
             parent_id=frame.get("parent_id"),
             model=frame.get("model"),
+            client_key=frame.get("client_key"),
         )
-        generation_start(plan)
+        # No plan: a repeated `client_key`, whose answer was started by the first send.
+        if plan is not None:
+            generation_start(plan)
         await self.send_frame({"type": "accepted", **accepted}, ref)
         self.subscribe(assistant, None, reset=False)
 
     def create_messages(
-        self, *, conversation_id: str, content: Any, parent_id: Any, model: Any
-    ) -> tuple[services.GenerationPlan, Message, Frame]:
+        self, *, conversation_id: str, content: Any, parent_id: Any, model: Any, client_key: Any
+    ) -> tuple[services.GenerationPlan | None, Message, Frame]:
         conversation = services.conversation_for(user=self.user, conversation_id=conversation_id)
         user_message, assistant, plan = services.message_send(
             user=self.user,
@@ -184,6 +183,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             content=content,
             parent_id=parent_id,
             model=model,
+            client_key=client_key,
         )
         accepted = {
             "user_message": message_json(user_message),
@@ -203,7 +203,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             # The client has the final event already: like SSE's 204, nothing follows.
             self.unsubscribe(message.id)
             return
-        self.subscribe(message, after, reset=reset)
+        self.subscribe(message, after, reset=reset, rendered=rendered_point(frame.get("rendered")))
 
     async def on_cancel(self, frame: Frame, ref: str | int | None) -> None:
         """Stop, as POST /api/messages/<id>/stop; the answer's stream then ends `stopped`.
@@ -229,11 +229,13 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 code="too_many_subscriptions",
             )
 
-    def subscribe(self, message: Message, after: int | None, *, reset: bool) -> None:
+    def subscribe(
+        self, message: Message, after: int | None, *, reset: bool, rendered: int | None = None
+    ) -> None:
         """Relay `message`'s events after `after`, replacing this socket's earlier subscription."""
         self.check_room(message.id)
         self.unsubscribe(message.id)
-        task = asyncio.create_task(self.relay(message, after, reset))
+        task = asyncio.create_task(self.relay(message, after, reset, rendered))
         self.subscriptions[message.id] = task
         task.add_done_callback(partial(self.forget, message.id))
 
@@ -253,10 +255,12 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         if self.subscriptions.get(message_id) is task:
             del self.subscriptions[message_id]
 
-    async def relay(self, message: Message, after: int | None, reset: bool) -> None:
+    async def relay(
+        self, message: Message, after: int | None, reset: bool, rendered: int | None
+    ) -> None:
         message_id = str(message.id)
         try:
-            async for event in follow(message, after, reset=reset):
+            async for event in follow(message, after, reset=reset, rendered=rendered):
                 # No keep-alive frames: daphne pings an idle socket itself (--ping-interval).
                 if not isinstance(event, Ping):
                     await self.send_frame(event.ws(message_id))
@@ -271,19 +275,3 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         if ref is not None:
             frame["ref"] = ref
         await self.send(text_data=json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
-
-
-@receiver(user_logged_out, dispatch_uid="chat.close_sockets_on_logout")
-async def close_sockets_on_logout(
-    sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any
-) -> None:
-    """Close the sockets that the logged-out session opened (all the user's without a request)."""
-    if user is None or user.pk is None:
-        return
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    session_key = request.session.session_key if request is not None else None
-    await layer.group_send(
-        user_group(user.pk), {"type": "session.logged_out", "session": _session_tag(session_key)}
-    )

@@ -10,11 +10,14 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from chat import services
 from chat.generation import answer_stop, generation_ready, generation_start
 from chat.models import Message
 from chat.serializers import conversation_json, message_json
+from chat.views import downloads
+from chat.views.access import Caller, api_caller, body_too_large
 from chat.views.errors import json_error
 
 ApiView = Callable[..., Coroutine[Any, Any, HttpResponse]]
@@ -24,10 +27,14 @@ STOP_WAIT_SECONDS = 2.0
 
 
 def api(*methods: str) -> Callable[[ApiView], ApiView]:
-    """Route by method, require a user, parse JSON bodies, and map errors to JSON."""
+    """Route by method, sign the caller in, parse JSON bodies, and map errors to JSON.
+
+    The caller is a session (CSRF-checked) or a personal API token: see `access.py`.
+    """
 
     def decorate(view: ApiView) -> ApiView:
         @login_not_required
+        @csrf_exempt  # checked in api_caller, for session requests only
         @wraps(view)
         async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.method not in methods:
@@ -36,10 +43,13 @@ def api(*methods: str) -> Callable[[ApiView], ApiView]:
                 )
                 response["Allow"] = ", ".join(methods)
                 return response
-            user = await request.auser()
-            if not user.is_authenticated:
-                return json_error(401, "unauthenticated", "Sign in or send an API token.")
-            request.user = user
+            refusal = body_too_large(request)
+            if refusal is not None:
+                return refusal
+            caller = await api_caller(request)
+            if not isinstance(caller, Caller):
+                return caller
+            request.user = caller.user
             try:
                 return await view(request, *args, **kwargs)
             except services.Throttled as error:
@@ -75,13 +85,23 @@ def _sent(user_message: Message, assistant: Message) -> dict[str, Any]:
 
 
 async def _start_answer(
-    create: Callable[[], tuple[services.GenerationPlan, dict[str, Any]]],
+    create: Callable[[], tuple[services.GenerationPlan | None, dict[str, Any]]],
 ) -> JsonResponse:
-    """Create an answer with `create` (a sync service call), then start it: 201."""
+    """Create an answer with `create` (a sync service call), then start it: 201.
+
+    No plan means a repeated idempotency key: the answer of the first request, which
+    started it, is the answer: 200, and nothing new starts.
+    """
     await generation_ready()
     plan, answer = await sync_to_async(create)()
+    if plan is None:
+        return JsonResponse(answer, status=200)
     generation_start(plan)
     return JsonResponse(answer, status=201)
+
+
+def idempotency_key(request: HttpRequest) -> str | None:
+    return request.headers.get("Idempotency-Key")
 
 
 def stream_url(message: Message) -> str:
@@ -101,7 +121,8 @@ async def conversations(request: HttpRequest) -> HttpResponse:
         return JsonResponse(conversation_json(conversation), status=201)
 
     def listing() -> list[dict[str, Any]]:
-        return [conversation_json(c) for c in services.conversation_list(user=request.user)]
+        found = services.conversation_search(user=request.user, query=request.GET.get("q", ""))
+        return [conversation_json(c) for c in found]
 
     return JsonResponse({"conversations": await sync_to_async(listing)()})
 
@@ -123,11 +144,24 @@ async def conversation(request: HttpRequest, conversation_id: str) -> HttpRespon
     return await sync_to_async(handle)()
 
 
+@api("GET")
+async def conversation_export(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    file_format = request.GET.get("format", "json")
+    if file_format not in downloads.FORMATS:
+        raise services.ServiceError("format must be md or json.")
+
+    def export() -> HttpResponse:
+        conversation = services.conversation_for(user=request.user, conversation_id=conversation_id)
+        return downloads.conversation_download(conversation, file_format)
+
+    return await sync_to_async(export)()
+
+
 @api("POST")
 async def conversation_messages(request: HttpRequest, conversation_id: str) -> HttpResponse:
     data = body(request)
 
-    def send() -> tuple[services.GenerationPlan, dict[str, Any]]:
+    def send() -> tuple[services.GenerationPlan | None, dict[str, Any]]:
         conversation = services.conversation_for(user=request.user, conversation_id=conversation_id)
         user_message, assistant, plan = services.message_send(
             user=request.user,
@@ -135,6 +169,7 @@ async def conversation_messages(request: HttpRequest, conversation_id: str) -> H
             content=data.get("content"),
             parent_id=data.get("parent_id"),
             model=data.get("model"),
+            client_key=idempotency_key(request),
         )
         return plan, _sent(user_message, assistant)
 
@@ -163,10 +198,13 @@ async def message_stop(request: HttpRequest, message_id: str) -> HttpResponse:
 async def message_edit(request: HttpRequest, message_id: str) -> HttpResponse:
     data = body(request)
 
-    def edit() -> tuple[services.GenerationPlan, dict[str, Any]]:
+    def edit() -> tuple[services.GenerationPlan | None, dict[str, Any]]:
         found = services.message_for(user=request.user, message_id=message_id)
         user_message, assistant, plan = services.message_edit(
-            user=request.user, message=found, content=data.get("content")
+            user=request.user,
+            message=found,
+            content=data.get("content"),
+            client_key=idempotency_key(request),
         )
         return plan, _sent(user_message, assistant)
 

@@ -8,26 +8,34 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.views.decorators.csrf import csrf_exempt
 
 from chat import services
-from chat.events import SSE_PING, Event, resume_point
+from chat.db import release_connections
+from chat.events import SSE_PING, Event, rendered_point, resume_point
 from chat.models import Message
+from chat.revocation import Credential, until, watch
 from chat.streams.reader import Ping, follow, is_finished_at
+from chat.views.access import Caller, api_caller
 from chat.views.errors import json_error
 
 # Tells the browser how long to wait before reconnecting after a drop.
 RETRY_MS = 1000
+# The last words of a stream whose sign-in ended (logout, new password, deactivated
+# account, revoked token); the reconnection then answers 401 and EventSource gives up.
+SSE_SIGNED_OUT = b": signed out\n\n"
 
 
 @login_not_required
+@csrf_exempt  # GET only: nothing to protect, and a token request carries no CSRF cookie
 async def message_stream(request: HttpRequest, message_id: str) -> HttpResponseBase:
     if request.method != "GET":
         return json_error(405, "method_not_allowed", f"{request.method} is not allowed here.")
-    user = await request.auser()
-    if not user.is_authenticated:
-        return json_error(401, "unauthenticated", "Sign in or send an API token.")
+    caller = await api_caller(request)
+    if not isinstance(caller, Caller):
+        return caller
     try:
-        message = await sync_to_async(services.message_for)(user=user, message_id=message_id)
+        message = await sync_to_async(services.message_for)(user=caller.user, message_id=message_id)
     except services.NotFound as error:
         return json_error(404, error.code, error.message)
     if message.role != Message.Role.ASSISTANT:
@@ -42,15 +50,25 @@ async def message_stream(request: HttpRequest, message_id: str) -> HttpResponseB
     if is_finished_at(message, after):
         return HttpResponse(status=204)  # EventSource stops reconnecting on 204
 
+    rendered = rendered_point(request.GET.get("rendered"))
     response = StreamingHttpResponse(
-        _encode(follow(message, after, reset=reset)), content_type="text/event-stream"
+        _encode(follow(message, after, reset=reset, rendered=rendered), caller.credential),
+        content_type="text/event-stream",
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
 
 
-async def _encode(events: AsyncIterator[Event | Ping]) -> AsyncIterator[bytes]:
+async def _encode(
+    events: AsyncIterator[Event | Ping], credential: Credential
+) -> AsyncIterator[bytes]:
+    # The request's thread holds the connection that signed the user in and found the
+    # message; Django would keep it until the stream ends, minutes from now.
+    await sync_to_async(release_connections)()
     yield f"retry: {RETRY_MS}\n\n".encode()
-    async for event in events:
-        yield SSE_PING if isinstance(event, Ping) else event.sse()
+    async with watch(credential) as revoked:
+        async for event in until(events, revoked):
+            yield SSE_PING if isinstance(event, Ping) else event.sse()
+        if revoked.is_set():
+            yield SSE_SIGNED_OUT

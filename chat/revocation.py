@@ -1,0 +1,276 @@
+"""Ending open streams and sockets when the sign-in that opened them ends.
+
+Every SSE stream and WebSocket remembers the credential it was opened with: a session, or
+a personal API token. When a credential may have stopped working, the channel layer tells
+that user's readers in every process (group `user-<id>`), and each decides for itself:
+
+- `session.logged_out` names the session that logged out (by a hash of its key): readers
+  of that session end at once. It is sent before Django deletes the session, so readers
+  take its word rather than look.
+- `credentials.changed` says that something about the user changed (a password, the
+  account's `is_active`, a revoked token): each reader checks whether its own credential
+  still signs it in, exactly as the next request would, and ends if not.
+
+A WebSocket then closes with 4401; an SSE stream ends after a `: signed out` comment, and
+the client's reconnection gets 401. The channel layer carries only these few control
+messages, never tokens (PITFALLS.md).
+
+Readers end, but answers go on: a closed reader is not a Stop, as everywhere else. Only
+deactivating an account also stops its running answers, so that it spends nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth import get_user, get_user_model, user_logged_out
+from django.db import transaction
+from django.db.models.signals import post_save
+from django.dispatch import receiver
+from django.http import HttpRequest
+
+from chat.models import ApiToken, Message
+
+logger = logging.getLogger(__name__)
+
+SESSION_LOGGED_OUT = "session.logged_out"
+CREDENTIALS_CHANGED = "credentials.changed"
+# The user fields whose change can end a sign-in.
+_CREDENTIAL_FIELDS = frozenset({"password", "is_active"})
+
+
+def user_group(user_id: Any) -> str:
+    return f"user-{user_id}"
+
+
+def session_tag(session_key: str | None) -> str | None:
+    """Names a session on the channel layer without putting its key there."""
+    return hashlib.sha256(session_key.encode()).hexdigest()[:32] if session_key else None
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What signed a stream or socket in: a session, or an API token."""
+
+    user_id: int
+    session_key: str | None = None
+    token_id: uuid.UUID | None = None
+
+    def is_valid(self) -> bool:
+        """Whether it still signs `user_id` in, as the next request would find. Sync (DB)."""
+        if self.token_id is not None:
+            return ApiToken.objects.filter(
+                id=self.token_id,
+                user_id=self.user_id,
+                revoked_at__isnull=True,
+                user__is_active=True,
+            ).exists()
+        if not self.session_key:
+            return False
+        # Django's own check: the session exists, names this user with a current password
+        # hash, and the backend still lets the user in (ModelBackend: is_active). Like the
+        # next request would, it deletes a session whose password hash is stale.
+        request = HttpRequest()
+        request.session = import_module(settings.SESSION_ENGINE).SessionStore(self.session_key)
+        return get_user(request).pk == self.user_id
+
+    async def ended_by(self, event: dict[str, Any]) -> bool:
+        """Whether this channel-layer event ends what this credential opened."""
+        if event.get("type") == SESSION_LOGGED_OUT:
+            if self.token_id is not None:
+                return False
+            tag = event.get("session")
+            return tag is None or tag == session_tag(self.session_key)
+        if event.get("type") == CREDENTIALS_CHANGED:
+            valid: bool = await database_sync_to_async(self.is_valid)()
+            return not valid
+        return False
+
+
+# --- Announcing ----------------------------------------------------------------------
+
+
+async def _announce(user_id: Any, event: dict[str, Any], *, stop_answers: bool) -> None:
+    layer = get_channel_layer()
+    if layer is not None:
+        await layer.group_send(user_group(user_id), event)
+    if stop_answers:
+        from chat.generation import generation_stop
+
+        streaming = await database_sync_to_async(_streaming_answers)(user_id)
+        for message_id in streaming:
+            await generation_stop(message_id, 0)
+
+
+def _streaming_answers(user_id: Any) -> list[uuid.UUID]:
+    return list(
+        Message.objects.filter(
+            conversation__user_id=user_id, status=Message.Status.STREAMING
+        ).values_list("id", flat=True)
+    )
+
+
+# Announcements started from sync code on a running loop, kept until they are done.
+_pending: set[asyncio.Task[None]] = set()
+
+
+def _run(user_id: Any, event: dict[str, Any], *, stop_answers: bool) -> None:
+    """Announce from sync code: a server thread, a management command, the shell."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    try:
+        if loop is None:
+            async_to_sync(_announce)(user_id, event, stop_answers=stop_answers)
+        else:  # sync code called straight from a coroutine: do not block its loop
+            task = loop.create_task(_announce(user_id, event, stop_answers=stop_answers))
+            _pending.add(task)
+            task.add_done_callback(_pending.discard)
+    except Exception:
+        # The credential has changed whatever happens here: requests already see it. Only
+        # the readers open now would stay open, until they end by themselves.
+        logger.exception("could not announce a credential change of user=%s", user_id)
+
+
+def credentials_changed(*, user_id: Any, deactivated: bool = False) -> None:
+    """Ask the user's open readers to check their credential, once the change is committed.
+
+    With `deactivated`, the user's running answers stop too.
+    """
+    event = {"type": CREDENTIALS_CHANGED}
+    transaction.on_commit(lambda: _run(user_id, event, stop_answers=deactivated))
+
+
+@receiver(user_logged_out, dispatch_uid="chat.end_readers_on_logout")
+async def end_readers_on_logout(
+    sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any
+) -> None:
+    """End what the logged-out session opened (every session's, without a request)."""
+    if user is None or user.pk is None:
+        return
+    session_key = request.session.session_key if request is not None else None
+    event = {"type": SESSION_LOGGED_OUT, "session": session_tag(session_key)}
+    await _announce(user.pk, event, stop_answers=False)
+
+
+@receiver(post_save, sender=get_user_model(), dispatch_uid="chat.end_readers_on_user_change")
+def end_readers_on_user_change(
+    sender: Any, instance: Any, update_fields: frozenset[str] | None = None, **kwargs: Any
+) -> None:
+    """A saved user may have a new password or be deactivated: readers check.
+
+    A receiver, not a service, because users are changed by Django's own views (password
+    change, the admin) that call no service of ours. Saves of other fields only
+    (`last_login` at every sign-in) are skipped.
+    """
+    if kwargs.get("created") or kwargs.get("raw"):
+        return
+    if update_fields is not None and not _CREDENTIAL_FIELDS & set(update_fields):
+        return
+    credentials_changed(user_id=instance.pk, deactivated=not instance.is_active)
+
+
+# --- Reading until revoked -----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def watch(credential: Credential) -> AsyncIterator[asyncio.Event]:
+    """An event that is set once `credential` no longer signs its reader in."""
+    revoked = asyncio.Event()
+    layer = get_channel_layer()
+    if layer is None:
+        yield revoked
+        return
+    group = user_group(credential.user_id)
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+
+    async def listen() -> None:
+        while not revoked.is_set():
+            event = await layer.receive(channel)
+            if await credential.ended_by(event):
+                revoked.set()
+
+    listener = asyncio.create_task(listen())
+    try:
+        yield revoked
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await asyncio.shield(layer.group_discard(group, channel))
+
+
+@dataclass(slots=True)
+class _Pumped[T]:
+    items: deque[T]
+    ended: bool = False
+    failure: Exception | None = None
+
+
+async def until[T](
+    source: AsyncIterator[T], stop: asyncio.Event, *, ahead: int = 8
+) -> AsyncIterator[T]:
+    """The items of `source` until it ends or `stop` is set, whichever comes first.
+
+    `source` runs in a task of its own, so that `stop` ends it even while it waits (for a
+    token that may be minutes away). It runs at most `ahead` items ahead of the reader.
+    """
+    pumped: _Pumped[T] = _Pumped(deque())
+    wake = asyncio.Event()  # an item, the end or the stop is there for the reader
+    room = asyncio.Event()
+    room.set()
+
+    async def pump() -> None:
+        try:
+            async for item in source:
+                pumped.items.append(item)
+                wake.set()
+                if len(pumped.items) >= ahead:
+                    room.clear()
+                    await room.wait()
+        except Exception as error:  # handed to the reader, which raises it
+            pumped.failure = error
+        finally:
+            pumped.ended = True
+            wake.set()
+            # Cancelled between two items, the source would wait for the garbage collector
+            # to run its clean-up (a reader's presence, for one).
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def stopper() -> None:
+        await stop.wait()
+        wake.set()
+
+    tasks = [asyncio.create_task(pump()), asyncio.create_task(stopper())]
+    try:
+        while not stop.is_set():
+            if pumped.items:
+                yield pumped.items.popleft()
+                room.set()
+            elif pumped.ended:
+                if pumped.failure is not None:
+                    raise pumped.failure
+                return
+            else:
+                wake.clear()
+                await wake.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
