@@ -11,7 +11,9 @@ from django.contrib.auth.decorators import login_not_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from chat.metrics import exposition
 
 logger = logging.getLogger(__name__)
 
@@ -67,4 +69,4 @@ def metrics(request: HttpRequest) -> HttpResponse:
     )
     if not bearer_ok and not (request.user.is_authenticated and request.user.is_staff):
         return HttpResponse("Forbidden\n", status=403, content_type="text/plain")
-    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)

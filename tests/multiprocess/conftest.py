@@ -144,7 +144,12 @@ def cluster(services: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         CHAT_RATE_LIMIT_PER_MINUTE="0",
         CHAT_MAX_CONCURRENT_STREAMS="0",
         CHAT_ABANDON_AFTER="0",
+        # A title request would be one more upstream request among those the tests count.
+        CHAT_TITLES="0",
         PYTHONUNBUFFERED="1",
+        # Every server process writes its metrics here; any of them serves the sum.
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path_factory.mktemp("prometheus")),
+        METRICS_TOKEN=secrets.token_urlsafe(16),
     )
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--no-input", "-v0"],
