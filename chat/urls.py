@@ -10,9 +10,19 @@ urlpatterns = [
     path("", pages.home, name="home"),
     path("c/<uuid:conversation_id>/", pages.conversation_page, name="conversation"),
     path("c/<uuid:conversation_id>/transcript", pages.transcript, name="transcript"),
+    path(
+        "c/<uuid:conversation_id>/export.<str:file_format>",
+        pages.conversation_export,
+        name="conversation-export",
+    ),
     path("chat/sidebar", pages.sidebar, name="sidebar"),
     path("api/conversations", api.conversations, name="api-conversations"),
     path("api/conversations/<str:conversation_id>", api.conversation, name="api-conversation"),
+    path(
+        "api/conversations/<str:conversation_id>/export",
+        api.conversation_export,
+        name="api-conversation-export",
+    ),
     path(
         "api/conversations/<str:conversation_id>/messages",
         api.conversation_messages,

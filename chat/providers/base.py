@@ -64,3 +64,15 @@ class Provider(ABC):
 
     @abstractmethod
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem]: ...
+
+    async def complete(self, request: ChatRequest) -> str:
+        """The whole text of a short answer that nobody watches arrive (a title, say)."""
+        parts: list[str] = []
+        stream = self.stream(request)
+        try:
+            async for item in stream:
+                if isinstance(item, TextDelta):
+                    parts.append(item.text)
+        finally:
+            await stream.aclose()
+        return "".join(parts)

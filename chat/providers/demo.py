@@ -75,6 +75,39 @@ That is all there is to it.
 )
 
 
+# A longer first message is shortened to this many words, after the words requests often
+# open with, which say nothing about their subject.
+_TITLE_WORDS = 6
+_OPENERS = ("please", "hi", "hello", "hey", "can you", "could you", "would you")
+# Words a shortened title should not end with.
+_DANGLING = frozenset(
+    {"a", "an", "the", "of", "on", "in", "to", "for", "and", "or", "with", "at", "by"}
+    | {"from", "about", "my", "your", "this", "that"}
+)
+
+
+def demo_title(message: str) -> str:
+    """The demo's title for a conversation that opens with `message`: a message of a few
+    words is a title already; a longer one keeps its first words."""
+    words = message.split()
+    if len(words) <= _TITLE_WORDS + 2:
+        return " ".join(words)
+    stripped = True
+    while stripped:
+        stripped = False
+        for opener in _OPENERS:
+            size = len(opener.split())
+            head = " ".join(words[:size]).lower().rstrip(",.!")
+            if head == opener and len(words) > size:
+                words = words[size:]
+                stripped = True
+    words = words[:_TITLE_WORDS]
+    while len(words) > 1 and words[-1].lower() in _DANGLING:
+        words.pop()
+    title = " ".join(words).rstrip(",.;:!?")
+    return title[:1].upper() + title[1:]
+
+
 def split_pieces(text: str) -> list[str]:
     """Split text into token-sized pieces that join back to exactly the same text."""
     return _PIECES.findall(text)
@@ -85,6 +118,12 @@ class DemoProvider(Provider):
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem]:
         return self._stream(request)
+
+    async def complete(self, request: ChatRequest) -> str:
+        # No model to ask: the short answers the site requests are titles, and the demo
+        # makes them from the conversation's first message, offline.
+        first = next((turn.content for turn in request.turns if turn.role == "user"), "")
+        return demo_title(first)
 
     async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem]:
         last = request.turns[-1].content if request.turns else ""

@@ -18,6 +18,7 @@ from django_htmx.middleware import HtmxDetails
 from chat import services
 from chat.models import Conversation, UserSettings
 from chat.providers.registry import available_models, default_model
+from chat.views import downloads
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -25,9 +26,15 @@ class HtmxHttpRequest(HttpRequest):
 
 
 def _sidebar(request: HttpRequest, current: Conversation | None) -> dict[str, Any]:
+    query = request.GET.get("q", "").strip()
     return {
-        "conversations": services.conversation_list(user=request.user)[:200],
+        "conversations": services.conversation_search(user=request.user, query=query)[:200],
         "current": current,
+        "query": query,
+        # While the current conversation's title is being generated, the list refreshes
+        # itself until the title arrives.
+        "title_pending": current is not None
+        and services.conversation_title_pending(conversation=current),
     }
 
 
@@ -79,6 +86,18 @@ def transcript(request: HttpRequest, conversation_id: str) -> HttpResponse:
 
 
 @require_GET
+def conversation_export(
+    request: HttpRequest, conversation_id: str, file_format: str
+) -> HttpResponse:
+    """The page's Export links: the conversation as a Markdown or JSON attachment."""
+    if file_format not in downloads.FORMATS:
+        raise Http404("No such format.")
+    return downloads.conversation_download(
+        _conversation_or_404(request, conversation_id), file_format
+    )
+
+
+@require_GET
 def sidebar(request: HtmxHttpRequest) -> HttpResponse:
     # The page's own URL says which conversation is open (htmx sends it along), so a
     # page whose URL changed after its first message still gets the right highlight.
@@ -105,6 +124,6 @@ def signup(request: HttpRequest) -> HttpResponse:
     form: UserCreationForm[User] = UserCreationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        login(request, user, backend=settings.AUTHENTICATION_BACKENDS[0])
         return redirect("chat:home")
     return render(request, "registration/signup.html", {"form": form})
