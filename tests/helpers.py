@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
+from urllib.parse import urlencode
 
 from django.http import HttpResponse
 from django.test import AsyncClient
@@ -304,11 +305,17 @@ class ChatApi:
         return await self.post(f"/api/messages/{message_id}/stop", fields)
 
     async def open_stream(
-        self, message_id: str, *, after: Any = None, last_event_id: Any = None
+        self,
+        message_id: str,
+        *,
+        after: Any = None,
+        last_event_id: Any = None,
+        rendered: int | None = None,
     ) -> SSEStream:
+        query = {"after": after, "rendered": rendered}
         path = f"/api/messages/{message_id}/stream"
-        if after is not None:
-            path += f"?after={after}"
+        if any(value is not None for value in query.values()):
+            path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
         headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
         return SSEStream(await self.client.get(path, headers=headers))
 

@@ -41,7 +41,7 @@ PAYLOADS: tuple[str, ...] = (
     "`<img src=x onerror=alert(27)>`",
     "```html\n<script>alert(28)</script>\n```",
     "| a | <img src=x onerror=alert(29)> |\n|---|---|\n| <script>alert(30)</script> | b |",
-    "<noscript><p title=\"</noscript><img src=x onerror=alert(31)>\">",
+    '<noscript><p title="</noscript><img src=x onerror=alert(31)>">',
     '"><script>alert(32)</script>',
     "{{ 7*7 }} {% debug %} ${alert(33)}",
 )
@@ -52,7 +52,7 @@ SPLIT_PAYLOADS: tuple[tuple[str, ...], ...] = (
     ("<scr", "ipt>al", "ert(40)</sc", "ript>"),
     ("<img src=x on", "error=alert(41)>"),
     ("[click](java", "script:alert(42))"),
-    ('<div hx-', 'get="/xss-fired/43" hx-trig', 'ger="load">x</div>'),
+    ("<div hx-", 'get="/xss-fired/43" hx-trig', 'ger="load">x</div>'),
 )
 
 

@@ -8,7 +8,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from chat import services
 from chat.models import Message
-from chat.rendering import render_markdown
+from chat.rendering import LiveMarkdown, render_markdown
 
 register = template.Library()
 
@@ -57,3 +57,31 @@ def message_versions(message: Message) -> Versions | None:
         previous=ids[at - 1] if at > 0 else None,
         next=ids[at + 1] if at + 1 < len(ids) else None,
     )
+
+
+@dataclass(frozen=True)
+class LivePart:
+    """An answer still being written, as the page first shows it (see LiveMarkdown)."""
+
+    html: SafeString  # its finished blocks, sanitized
+    rendered: int  # where they end, in code points
+    tail: str  # the unfinished rest, shown as plain text
+
+
+@register.simple_tag
+def live_markdown(text: str) -> LivePart:
+    live, blocks = LiveMarkdown.resume(text)
+    html = "".join(block.html for block in blocks)
+    return LivePart(mark_safe(html), live.start, live.tail)  # noqa: S308 - nh3 output
+
+
+@register.filter
+def footnote(message: Message) -> str:
+    """Model, time to first token and speed of a finished answer: "demo · 0.4 s to first…"."""
+    parts = [message.model]
+    if message.ttft_ms is not None:
+        parts.append(f"{message.ttft_ms / 1000:.2f} s to first token")
+    writing_ms = (message.duration_ms or 0) - (message.ttft_ms or 0)
+    if message.completion_tokens and writing_ms > 0:
+        parts.append(f"{message.completion_tokens / writing_ms * 1000:.1f} tokens/s")
+    return " · ".join(part for part in parts if part)

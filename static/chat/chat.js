@@ -21,10 +21,10 @@ function showNotice(text) {
   notice.hidden = !text;
 }
 
-async function api(method, url, body) {
+async function api(method, url, body, headers = {}) {
   const response = await fetch(url, {
     method,
-    headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken },
+    headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken, ...headers },
     body: body === undefined ? undefined : JSON.stringify(body),
     credentials: "same-origin",
   });
@@ -41,6 +41,8 @@ async function api(method, url, body) {
 
 function updateStopButton() {
   const streaming = followers.size > 0;
+  // Stop disappears with the answer: its keyboard user goes back to the composer.
+  if (!streaming && document.activeElement === stopButton) input.focus();
   stopButton.hidden = !streaming;
 }
 
@@ -73,7 +75,8 @@ class EventSourceStream {
   open() {
     const follower = this.follower;
     const after = follower.lastId;
-    const url = after === null ? follower.url : `${follower.url}?after=${after}`;
+    const url =
+      after === null ? follower.url : `${follower.url}?after=${after}&rendered=${follower.rendered}`;
     const source = new EventSource(url);
     this.source = source;
     for (const name of STREAM_EVENTS) {
@@ -221,7 +224,10 @@ class ChatSocket {
   subscribe(follower) {
     if (!this.open) return; // done on (re)connection
     const frame = { type: "subscribe", message_id: follower.id, ref: follower.id };
-    if (follower.lastId !== null) frame.after = follower.lastId;
+    if (follower.lastId !== null) {
+      frame.after = follower.lastId;
+      frame.rendered = follower.rendered;
+    }
     this.ws.send(JSON.stringify(frame));
   }
 
@@ -242,7 +248,9 @@ function currentTransport() {
 }
 
 // Follows one answer's stream. Text is appended in batches on animation frames so a
-// fast stream costs one layout per frame, not one per token.
+// fast stream costs one layout per frame, not one per token. Markdown blocks the server
+// reports finished are shown formatted as they arrive; only the unfinished tail is plain
+// text, so formatting appears progressively and finished blocks never change again.
 class Follower {
   constructor(article, { transport = currentTransport(), subscribed = false } = {}) {
     this.article = article;
@@ -251,18 +259,27 @@ class Follower {
     this.lastId = article.dataset.after ? Number(article.dataset.after) : null;
     this.body = article.querySelector(".message__body");
     this.status = article.querySelector("[data-role=status]");
+    this.footnote = article.querySelector("[data-role=footnote]");
     this.copyButton = article.querySelector("[data-action=copy]");
+    this.blocks = this.body.querySelector(".stream-blocks");
     this.text = this.body.querySelector(".stream-text");
-    if (!this.text) {
-      this.body.replaceChildren();
+    if (!this.blocks || !this.text) {
+      this.blocks = document.createElement("div");
+      this.blocks.className = "stream-blocks";
       this.text = document.createElement("div");
       this.text.className = "stream-text";
-      this.body.append(this.text);
+      this.body.replaceChildren(this.blocks, this.text);
     }
-    this.markdown = this.text.textContent;
-    this.pending = "";
+    // Where the formatted blocks end in the answer, in code points (as the server counts).
+    this.rendered = Number(this.blocks.dataset.rendered || 0);
+    this.tail = this.text.textContent; // the answer after `rendered`, shown as text
+    this.markdown = this.article.dataset.markdown ?? this.tail;
+    this.pending = ""; // text not on the page yet
+    this.newBlocks = []; // HTML of blocks not on the page yet
     this.frame = 0;
     this.finished = false;
+    this.speaker = new Speaker(this.markdown.length);
+    this.model = article.dataset.model || "";
     followers.set(this.id, this);
     updateStopButton();
     this.source =
@@ -273,32 +290,59 @@ class Follower {
   handle(name, id, data) {
     if (this.finished) return;
     if (id !== null && id !== undefined) this.lastId = id;
-    if (name === "token") this.append(data.text);
-    else if (name === "reset") this.reset(data.content);
+    if (name === "start") this.model = data.model;
+    else if (name === "token") this.append(data.text, data.blocks);
+    else if (name === "reset") this.reset(data.content, data.blocks);
     else if (name === "usage") this.usage = data;
     else if (name === "error") this.error = data;
     else if (name === "final") this.finish(data);
   }
 
-  append(text) {
+  append(text, blocks) {
     this.markdown += text;
+    this.tail += text;
     this.pending += text;
+    this.takeBlocks(blocks);
     this.status.replaceChildren();
     if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
   }
 
-  flush() {
-    this.frame = 0;
-    if (this.pending) {
-      this.text.append(this.pending);
-      this.pending = "";
+  // Blocks are contiguous: each starts where the formatted part ends. One that ends at or
+  // before it is a repeat after a resume; one that does not fit waits for `final`.
+  takeBlocks(blocks) {
+    for (const block of blocks || []) {
+      if (block.end <= this.rendered || block.start !== this.rendered) continue;
+      this.newBlocks.push(block.html);
+      this.tail = dropCodePoints(this.tail, block.end - block.start);
+      this.rendered = block.end;
     }
   }
 
-  reset(content) {
-    this.markdown = content;
+  flush() {
+    this.frame = 0;
+    if (this.newBlocks.length) {
+      // Sanitized by the server; the message body carries hx-disable.
+      this.blocks.insertAdjacentHTML("beforeend", this.newBlocks.join(""));
+      addCodeButtons(this.blocks);
+      this.newBlocks = [];
+      this.text.textContent = this.tail;
+    } else if (this.pending) {
+      this.text.append(this.pending);
+    }
     this.pending = "";
-    this.text.textContent = content;
+    this.speaker.heard(this.markdown, false);
+  }
+
+  reset(content, blocks) {
+    this.markdown = content;
+    this.tail = content;
+    this.rendered = 0;
+    this.pending = "";
+    this.newBlocks = [];
+    this.blocks.replaceChildren();
+    this.takeBlocks(blocks);
+    this.speaker = new Speaker(content.length);
+    this.flush();
   }
 
   finish(data) {
@@ -308,6 +352,7 @@ class Follower {
     this.markdown = data.content;
     if (data.html !== null) {
       this.body.innerHTML = data.html; // sanitized by the server; hx-disable on the body
+      addCodeButtons(this.body);
     } else {
       this.text.textContent = data.content;
     }
@@ -318,6 +363,9 @@ class Follower {
     let label = labels[data.status] || "";
     if (data.status === "error" && this.error?.message) label = `Error: ${this.error.message}`;
     this.status.textContent = label;
+    if (this.footnote) this.footnote.textContent = footnoteText(this.model, data, this.usage);
+    this.speaker.heard(data.content, true);
+    this.speaker.say(ENDINGS[data.status] || "Answer finished.");
     this.copyButton.disabled = false;
     for (const button of this.article.querySelectorAll("[data-action=regenerate]")) {
       button.disabled = false;
@@ -329,6 +377,7 @@ class Follower {
     }
     followers.delete(this.id);
     updateStopButton();
+    document.dispatchEvent(new CustomEvent("chat:final", { detail: { messageId: this.id } }));
   }
 
   // The article left the page (another version replaced it): stop listening, quietly.
@@ -378,6 +427,7 @@ function messageArticle(message, role) {
   article.dataset.messageId = message.id;
   article.dataset.status = message.status;
   article.dataset.markdown = message.content;
+  article.dataset.model = message.model;
   article.setAttribute("aria-label", role === "user" ? "You" : "Assistant");
   const roleLabel = document.createElement("div");
   roleLabel.className = "message__role";
@@ -403,10 +453,13 @@ function messageArticle(message, role) {
     status.className = "message__status";
     status.dataset.role = "status";
     status.innerHTML = '<span class="thinking">Thinking…</span>';
+    const footnote = document.createElement("p");
+    footnote.className = "message__footnote";
+    footnote.dataset.role = "footnote";
     const copy = actionButton("Copy", "copy", true);
     copy.className = "copy";
     actions.append(copy, actionButton("Regenerate", "regenerate", true));
-    article.append(status, actions);
+    article.append(status, footnote, actions);
   }
   return article;
 }
@@ -422,6 +475,19 @@ async function ensureConversation() {
   return conversation.id;
 }
 
+// The idempotency key of the message being sent. Sending the same text again after a
+// failure (say, a dropped connection) reuses it, so the server starts its answer once.
+let pendingSend = null;
+
+function sendKey(content) {
+  if (pendingSend?.content !== content) {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    const key = Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+    pendingSend = { content, key };
+  }
+  return pendingSend.key;
+}
+
 async function send() {
   const content = input.value;
   if (!content.trim() || sendButton.disabled || refuseWhileStreaming()) return;
@@ -431,12 +497,21 @@ async function send() {
   try {
     const conversationId = await ensureConversation();
     const fields = { content, model: modelSelect?.value };
+    const key = sendKey(content);
     // Over the WebSocket the answer's events follow `accepted` on the same socket, so the
     // Follower must exist before the next frame is read: no `await` between the two.
     const result =
       transport === "ws"
-        ? await pageSocket().request({ type: "send", conversation_id: conversationId, ...fields })
-        : await api("POST", `/api/conversations/${conversationId}/messages`, fields);
+        ? await pageSocket().request({
+            type: "send",
+            conversation_id: conversationId,
+            client_key: key,
+            ...fields,
+          })
+        : await api("POST", `/api/conversations/${conversationId}/messages`, fields, {
+            "Idempotency-Key": key,
+          });
+    pendingSend = null;
     input.value = "";
     autoGrow();
     transcript.querySelector(".empty-state")?.remove();
@@ -460,6 +535,99 @@ function stopAll() {
   for (const follower of followers.values()) follower.stop();
 }
 
+// --- Formatting helpers ------------------------------------------------------------------
+
+// `text` without its first `count` code points (the server counts positions in code points,
+// JavaScript strings in UTF-16 units).
+function dropCodePoints(text, count) {
+  let index = 0;
+  for (let left = count; left > 0 && index < text.length; left--) {
+    index += text.codePointAt(index) > 0xffff ? 2 : 1;
+  }
+  return text.slice(index);
+}
+
+// A button on each code block that puts its code on the clipboard. Named so that it is
+// never mistaken for the message's own Copy button.
+function addCodeButtons(root) {
+  for (const pre of root.querySelectorAll("pre:not([data-has-button])")) {
+    pre.dataset.hasButton = "";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "code-button";
+    button.dataset.action = "copy-code";
+    button.textContent = "Code to clipboard";
+    pre.before(button);
+  }
+}
+
+function footnoteText(model, final, usage) {
+  const parts = [model];
+  if (final.ttft_ms !== null && final.ttft_ms !== undefined) {
+    parts.push(`${(final.ttft_ms / 1000).toFixed(2)} s to first token`);
+  }
+  const writingMs = (final.duration_ms || 0) - (final.ttft_ms || 0);
+  if (usage?.completion_tokens && writingMs > 0) {
+    parts.push(`${((usage.completion_tokens / writingMs) * 1000).toFixed(1)} tokens/s`);
+  }
+  return parts.filter(Boolean).join(" · ");
+}
+
+// What a screen reader hears at the end of an answer.
+const ENDINGS = {
+  complete: "Answer finished.",
+  stopped: "Answer stopped.",
+  interrupted: "Answer interrupted.",
+  error: "Answer failed.",
+};
+
+const announcer = document.getElementById("announcer");
+
+// Hands an answer to screen readers a sentence or a paragraph at a time, through a polite
+// live region, instead of token by token. Markdown punctuation and code are not read out.
+class Speaker {
+  constructor(alreadySaid) {
+    this.said = alreadySaid; // length of the answer already announced (or shown before)
+  }
+
+  heard(markdown, ended) {
+    const fresh = markdown.slice(this.said);
+    // The last sentence end (., !, ? or … before a space) or paragraph break in the text.
+    let cut = ended ? fresh.length : -1;
+    if (!ended) {
+      for (const match of fresh.matchAll(/[.!?…](?=\s)|\n\s*\n/g)) {
+        cut = match.index + match[0].length;
+      }
+    }
+    // Inside an unfinished code block: wait, and say "Code block" once it is closed.
+    const fences = markdown.slice(0, this.said + cut).split("```").length - 1;
+    if (!ended && fences % 2 === 1) cut = fresh.lastIndexOf("```", cut);
+    if (cut <= 0) return;
+    this.said += cut;
+    const speech = speakable(fresh.slice(0, cut));
+    if (speech) this.say(speech);
+  }
+
+  say(text) {
+    if (!announcer) return;
+    const line = document.createElement("p");
+    line.textContent = text;
+    announcer.append(line);
+    // Keep the region short: what was read needs no keeping.
+    while (announcer.childElementCount > 20) announcer.firstElementChild.remove();
+  }
+}
+
+function speakable(markdown) {
+  return markdown
+    .replace(/```[\s\S]*?(```|$)/g, " Code block. ")
+    .replace(/^\s*\|?[\s:|-]+\|[\s:|-]*$/gm, " ")
+    .replace(/[#*_`>|~]+/g, " ")
+    .replace(/\[([^\]]*)\]\([^)]*\)/g, "$1")
+    .replace(/\s+/g, " ")
+    .trim();
+}
+
 // --- Versions ------------------------------------------------------------------------
 // The server knows the tree of versions; the page shows its current branch. After an
 // edit, a regenerate or a version switch the page fetches that branch again as HTML (the
@@ -475,6 +643,7 @@ async function refreshTranscript() {
   const html = await response.text();
   // Server-rendered: user text escaped, model text sanitized, each inside `hx-disable`.
   transcript.innerHTML = html;
+  addCodeButtons(transcript);
   for (const follower of [...followers.values()]) {
     if (!follower.article.isConnected) follower.close();
   }
@@ -570,9 +739,8 @@ async function showVersion(button) {
   (again && !again.disabled ? again : group?.querySelector("button:enabled"))?.focus();
 }
 
-async function copy(button) {
-  const article = button.closest(".message");
-  const text = article.dataset.markdown || "";
+// Puts `text` on the clipboard and says so on the button for a moment.
+async function copy(button, text) {
   try {
     await navigator.clipboard.writeText(text);
   } catch {
@@ -616,7 +784,8 @@ transcript.addEventListener("click", (event) => {
   if (!button || button.disabled) return;
   const article = button.closest(".message");
   const action = button.dataset.action;
-  if (action === "copy") copy(button);
+  if (action === "copy") copy(button, article.dataset.markdown || "");
+  else if (action === "copy-code") copy(button, button.nextElementSibling?.textContent || "");
   else if (action === "edit") openEditor(article);
   else if (action === "cancel-edit") closeEditor(article);
   else if (action === "regenerate") regenerate(article);
@@ -723,6 +892,7 @@ if (currentTransport() === "ws") pageSocket();
 // Answers still being written when the page loaded (a reload mid-answer): follow them
 // from where the server-rendered text ends.
 followStreaming();
+addCodeButtons(transcript);
 transcript.lastElementChild?.scrollIntoView({ block: "end" });
 sendButton.disabled = false; // rendered disabled until this script can send
 input.focus();

@@ -138,11 +138,16 @@ def _wait_healthy(server: LiveServer, timeout: float = 90.0) -> None:
     pytest.fail(f"the server did not become healthy:\n{server.log.read_text()[-4000:]}")
 
 
-def _start(directory: Path, template_db: Path, tokens_per_second: float) -> LiveServer:
+def _start(
+    directory: Path,
+    template_db: Path,
+    tokens_per_second: float,
+    extra_env: dict[str, str] | None = None,
+) -> LiveServer:
     directory.mkdir(parents=True, exist_ok=True)
     database = directory / "browser.sqlite3"
     shutil.copyfile(template_db, database)
-    env = _server_env(database, tokens_per_second)
+    env = {**_server_env(database, tokens_per_second), **(extra_env or {})}
     port = free_port()
     log = directory / "daphne.log"
     with log.open("wb") as output:
@@ -205,6 +210,18 @@ def _servers(
     finally:
         for server in servers.values():
             _stop(server)
+
+
+def start_server(
+    tmp_path_factory: pytest.TempPathFactory, template_db: Path, **env: str
+) -> Iterator[str]:
+    """Another server with its own environment (e.g. models of a fake provider), until the end."""
+    server = _start(tmp_path_factory.mktemp("server"), template_db, TOKENS_PER_SECOND, env)
+    try:
+        _wait_healthy(server)
+        yield server.url
+    finally:
+        _stop(server)
 
 
 @pytest.fixture(scope="session")
