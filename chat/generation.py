@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 import time
 import uuid
@@ -22,11 +23,13 @@ from django.db import close_old_connections
 
 from chat import metrics, services
 from chat.events import Outcome
+from chat.logs import log_event
 from chat.models import Message
 from chat.providers.base import Finish, ProviderError, TextDelta, Usage
 from chat.providers.registry import model_choice, provider_for
 from chat.rendering import render_markdown
 from chat.streams import LogUnavailable, get_stream_log
+from chat.titles import title_start
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +114,10 @@ async def answer_stop(message_id: uuid.UUID, seconds: float) -> None:
         if await run_db(services.message_status, message_id=message_id) != Message.Status.STREAMING:
             return
         await asyncio.sleep(0.05)
-    if not settings.REDIS_URL:
-        # Without Redis only this process could run it, and it does not: nobody will.
+    # A generation's log stays open from its start to its end, in every process's view:
+    # a log that does not know the answer, or knows its end, means nobody is writing it.
+    written = await get_stream_log().read(message_id, 0, 0)
+    if written is None or written.outcome is not None:
         await run_db(
             services.message_end_orphan, message_id=message_id, status=Message.Status.STOPPED
         )
@@ -202,6 +207,7 @@ class Generation:
         self._emit()
         content = self._content()
         duration_ms = int((time.monotonic() - self._started) * 1000)
+        outcome = dataclasses.replace(outcome, ttft_ms=self._ttft_ms, duration_ms=duration_ms)
         try:
             await run_db(
                 services.message_finish,
@@ -214,19 +220,22 @@ class Generation:
         finally:
             await self._log.finish(self.message_id, outcome, render_markdown(content))
         self._record_metrics(outcome, duration_ms)
-        logger.info(
-            "generation end message=%s user=%s model=%s status=%s error=%s "
-            "prompt_tokens=%s completion_tokens=%s ttft_ms=%s duration_ms=%s chars=%s",
-            self.message_id,
-            self.plan.user_id,
-            self.plan.model,
-            outcome.status,
-            outcome.error_code or "-",
-            outcome.prompt_tokens,
-            outcome.completion_tokens,
-            self._ttft_ms,
-            duration_ms,
-            len(content),
+        if outcome.status == Message.Status.COMPLETE:
+            title_start(self.plan, content)  # a task of its own; the answer is done
+        log_event(
+            logger,
+            "generation_end",
+            message_id=self.message_id,
+            user_id=self.plan.user_id,
+            model=self.plan.model,
+            status=outcome.status,
+            finish_reason=outcome.finish_reason,
+            error_code=outcome.error_code,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            ttft_ms=self._ttft_ms,
+            duration_ms=duration_ms,
+            chars=len(content),
         )
 
     def _cancel_reason(self) -> CancelReason | None:
@@ -244,11 +253,12 @@ class Generation:
             metrics.PROVIDER_ERRORS.labels(outcome.error_code).inc()
 
     async def _generate(self) -> Outcome:
-        logger.info(
-            "generation start message=%s user=%s model=%s",
-            self.message_id,
-            self.plan.user_id,
-            self.plan.model,
+        log_event(
+            logger,
+            "generation_start",
+            message_id=self.message_id,
+            user_id=self.plan.user_id,
+            model=self.plan.model,
         )
         usage = Usage(None, None)
         finish_reason = ""
@@ -302,7 +312,13 @@ class Generation:
                 retryable=error.retryable,
             )
         except Exception:
-            logger.exception("generation failed message=%s", self.message_id)
+            log_event(
+                logger,
+                "generation_failed",
+                level=logging.ERROR,
+                exc_info=True,
+                message_id=self.message_id,
+            )
             return Outcome(
                 Message.Status.ERROR,
                 "error",
@@ -333,9 +349,15 @@ class Generation:
                 raise
             except Exception:
                 # A missed flush costs only freshness; the final write carries all.
-                logger.exception("flush failed message=%s", self.message_id)
+                log_event(
+                    logger,
+                    "generation_flush_failed",
+                    level=logging.ERROR,
+                    exc_info=True,
+                    message_id=self.message_id,
+                )
             if abandon_after and await self._log.idle_seconds(self.message_id) > abandon_after:
-                logger.info("generation abandoned message=%s", self.message_id)
+                log_event(logger, "generation_abandoned", message_id=self.message_id)
                 self.cancel("interrupted")
                 return
 

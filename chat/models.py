@@ -69,6 +69,9 @@ class Message(models.Model):
     # Written by the running generation at every flush; a stale value while the status
     # is still `streaming` means the process that ran it died.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # The client's idempotency key of the send (or edit) that created this user message:
+    # the same key again replays this exchange instead of starting another answer.
+    client_key = models.CharField(max_length=100, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -81,6 +84,14 @@ class Message(models.Model):
         indexes = [
             models.Index(fields=["conversation", "created_at"]),
             models.Index(fields=["status", "heartbeat_at"]),
+        ]
+        constraints = [
+            # Conversations belong to one user, so this makes a key unique per user too.
+            models.UniqueConstraint(
+                fields=["conversation", "client_key"],
+                condition=~models.Q(client_key=""),
+                name="chat_message_unique_client_key",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -106,6 +117,9 @@ class UserSettings(models.Model):
     )
     # How the chat page follows answers; both speak the same events.
     transport = models.CharField(max_length=8, choices=Transport.choices, default=Transport.SSE)
+    # Set by admins on the usage page, never by the user: tokens per day, 0 = unlimited,
+    # null = the site's CHAT_DAILY_TOKEN_QUOTA.
+    daily_token_quota = models.PositiveIntegerField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -113,3 +127,30 @@ class UserSettings(models.Model):
 
     def __str__(self) -> str:
         return f"settings of user {self.user_id}"
+
+
+class ApiToken(models.Model):
+    """A personal API token. Only a SHA-256 hash of the secret is stored.
+
+    The secret is shown once, when the token is created; `prefix` (its first characters)
+    lets its owner tell tokens apart afterwards. A revoked token stays listed nowhere and
+    authenticates nothing, but its row remains as a record.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -7,7 +7,10 @@ object of another user is indistinguishable from one that does not exist.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -15,13 +18,13 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.cache import cache
-from django.db import transaction
-from django.db.models import QuerySet, Sum
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from chat.events import Outcome
-from chat.models import Conversation, Message, UserSettings
+from chat.models import ApiToken, Conversation, Message, UserSettings
 from chat.providers.base import ChatRequest, Turn
 from chat.providers.registry import default_model, model_choice
 
@@ -103,6 +106,25 @@ def _user_id(user: User) -> int:
 
 def conversation_list(*, user: User) -> QuerySet[Conversation]:
     return Conversation.objects.filter(user_id=_user_id(user)).order_by("-updated_at")
+
+
+# A search is a few words typed into a box; more than this is not a search.
+SEARCH_MAX_CHARS = 200
+SEARCH_MAX_WORDS = 8
+
+
+def conversation_search(*, user: User, query: Any) -> QuerySet[Conversation]:
+    """The user's conversations that contain every word of `query`, newest first.
+
+    A word matches when the title or any message (of any branch) contains it, ignoring
+    case. A blank query matches every conversation.
+    """
+    conversations = conversation_list(user=user)
+    text = query[:SEARCH_MAX_CHARS] if isinstance(query, str) else ""
+    for word in text.split()[:SEARCH_MAX_WORDS]:
+        in_messages = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=word)
+        conversations = conversations.filter(Q(title__icontains=word) | Exists(in_messages))
+    return conversations
 
 
 def conversation_for(*, user: User, conversation_id: Any) -> Conversation:
@@ -194,12 +216,85 @@ def conversation_update(*, conversation: Conversation, changes: dict[str, Any]) 
         conversation.system_prompt = _clean_text(
             changes["system_prompt"], "system_prompt", max_length=settings.CHAT_MAX_PROMPT_CHARS
         )
-    conversation.save()
+    # Only the fields asked for: a title generated (or a leaf moved) since this object
+    # was read must not be written back over.
+    conversation.save(update_fields=[*sorted(changes), "updated_at"])
     return conversation
 
 
 def conversation_delete(*, conversation: Conversation) -> None:
     conversation.delete()
+
+
+# --- Titles ------------------------------------------------------------------------
+# A conversation's first message is its title until its first answer completes; then
+# `chat.titles` asks the model for a better one. A title the user chose (on creation or
+# by a rename) is never replaced: only the placeholder a first message gave is.
+
+# Seconds after the first answer during which the page keeps looking for its title.
+TITLE_WAIT_SECONDS = 30.0
+
+
+def _title_is_placeholder(conversation: Conversation) -> bool:
+    if not conversation.title:
+        return False
+    first_messages = Message.objects.filter(
+        conversation=conversation, parent=None, role=Message.Role.USER
+    ).values_list("content", flat=True)
+    return any(_title_from(content) == conversation.title for content in first_messages)
+
+
+def conversation_title_wanted(*, message_id: uuid.UUID) -> bool:
+    """Whether the conversation of the answer `message_id` still has its placeholder title."""
+    conversation = Conversation.objects.filter(messages__id=message_id).first()
+    return conversation is not None and _title_is_placeholder(conversation)
+
+
+def conversation_title_generated(*, message_id: uuid.UUID, title: str | None) -> bool:
+    """Give the conversation of the answer `message_id` the title generated for it.
+
+    `title` None (or blank) means that generating one failed: the placeholder, the first
+    message cut at a word boundary, stays. A title the user set meanwhile wins. Returns
+    whether the title changed.
+    """
+    conversation_id = (
+        Message.objects.filter(id=message_id).values_list("conversation_id", flat=True).first()
+    )
+    if conversation_id is None:
+        return False  # deleted meanwhile
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        if conversation is None or not _title_is_placeholder(conversation):
+            return False
+        new_title = _title_from(title or "")
+        changed = bool(new_title) and new_title != conversation.title
+        if changed:
+            conversation.title = new_title
+        # Saved even when unchanged: a conversation saved after its first answer ended
+        # tells the page that no title is on its way any more.
+        conversation.save(update_fields=["title", "updated_at"])
+    return changed
+
+
+def conversation_title_pending(*, conversation: Conversation) -> bool:
+    """Whether a generated title is probably on its way: the first answer completed
+    recently, nothing saved the conversation since, and its title is the placeholder.
+
+    The page refreshes its conversation list while this holds, so the title shows up
+    without a reload.
+    """
+    if not settings.CHAT_TITLES:
+        return False
+    since = max(conversation.updated_at, timezone.now() - timedelta(seconds=TITLE_WAIT_SECONDS))
+    first_answer_ended = Message.objects.filter(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        status=Status.COMPLETE,
+        parent__isnull=False,
+        parent__parent__isnull=True,
+        updated_at__gt=since,
+    ).exists()
+    return first_answer_ended and _title_is_placeholder(conversation)
 
 
 # --- Sending -----------------------------------------------------------------------
@@ -217,7 +312,7 @@ def _check_send_limits(*, user: User) -> None:
                 retry_after=5,
                 code="too_many_streams",
             )
-    quota = settings.CHAT_DAILY_TOKEN_QUOTA
+    quota = user_daily_token_quota(user=user)
     if quota:
         now = timezone.now()
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -306,6 +401,7 @@ def _add_exchange(
     parent: Message | None,
     content: str,
     model_id: str,
+    client_key: str = "",
 ) -> tuple[Message, Message, GenerationPlan]:
     """Add a user message after `parent` and its streaming answer. Same precondition."""
     _check_not_streaming(parent)
@@ -315,11 +411,107 @@ def _add_exchange(
         role=Message.Role.USER,
         content=content,
         status=Status.COMPLETE,
+        client_key=client_key,
     )
     assistant, plan = _add_answer(
         user=user, conversation=conversation, parent=user_message, model_id=model_id
     )
     return user_message, assistant, plan
+
+
+# --- Idempotent sends ---------------------------------------------------------------
+
+MAX_CLIENT_KEY_CHARS = 100
+
+
+def _clean_client_key(raw: Any) -> str:
+    """A client's idempotency key: up to 100 printable ASCII characters; "" for none."""
+    if raw is None or raw == "":
+        return ""
+    if (
+        not isinstance(raw, str)
+        or len(raw) > MAX_CLIENT_KEY_CHARS
+        or not all(" " < char < "\x7f" for char in raw)
+    ):
+        raise ServiceError(
+            f"The idempotency key must be 1 to {MAX_CLIENT_KEY_CHARS} printable ASCII "
+            "characters without spaces.",
+            code="invalid",
+        )
+    return raw
+
+
+def _replay(
+    *, conversation: Conversation, client_key: str, content: str, parent_id: Any
+) -> tuple[Message, Message] | None:
+    """The exchange an earlier request with this key created, or None if there is none.
+
+    `parent_id` is the parent the new request asks for (`...` when it names none): a key
+    reused for a different message is refused rather than silently answered with the
+    wrong exchange.
+    """
+    question = (
+        Message.objects.filter(conversation=conversation, client_key=client_key)
+        .select_related("conversation")
+        .first()
+    )
+    if question is None:
+        return None
+    answer = (
+        Message.objects.filter(parent=question, role=Message.Role.ASSISTANT)
+        .select_related("conversation")
+        .order_by("created_at")
+        .first()
+    )
+    same_parent = parent_id is ... or question.parent_id == parent_id
+    if question.content != content or not same_parent or answer is None:
+        raise Conflict(
+            "This idempotency key was already used for a different message.",
+            code="idempotency_key_reused",
+        )
+    return question, message_check_alive(message=answer)
+
+
+def _send_once(
+    *,
+    conversation: Conversation,
+    client_key: str,
+    content: str,
+    parent_id: Any,
+    create: Callable[[Conversation], tuple[Message, Message, GenerationPlan]],
+) -> tuple[Message, Message, GenerationPlan | None]:
+    """Run `create(conversation)` in a transaction that holds the conversation's lock,
+    unless an earlier request with `client_key` already created this exchange: then that
+    exchange, and no plan (its answer was started, or has ended, already)."""
+    try:
+        with transaction.atomic():
+            locked = _lock(conversation)
+            if client_key:
+                replayed = _replay(
+                    conversation=locked,
+                    client_key=client_key,
+                    content=content,
+                    parent_id=parent_id,
+                )
+                if replayed is not None:
+                    return (*replayed, None)
+            user_message, assistant, plan = create(locked)
+            return user_message, assistant, plan
+    except IntegrityError:
+        # Two requests with one key raced past the check; the unique constraint let one
+        # through, and this one replays it.
+        if not client_key:
+            raise
+        with transaction.atomic():
+            replayed = _replay(
+                conversation=conversation,
+                client_key=client_key,
+                content=content,
+                parent_id=parent_id,
+            )
+        if replayed is None:
+            raise
+        return (*replayed, None)
 
 
 def message_send(
@@ -329,17 +521,23 @@ def message_send(
     content: Any,
     parent_id: Any = None,
     model: Any = None,
-) -> tuple[Message, Message, GenerationPlan]:
+    client_key: Any = None,
+) -> tuple[Message, Message, GenerationPlan | None]:
     """Add a user message and a streaming assistant answer after `parent_id`.
 
     Without `parent_id` the message follows the conversation's current leaf. The caller
     must start the returned plan's generation once this function has returned (and so
     committed), or the answer would stay `streaming` until the stale sweep.
+
+    With `client_key`, a second request with the same key returns the exchange the first
+    one created, and no plan: nothing new is created or started.
     """
     content = _clean_content(content)
+    key = _clean_client_key(client_key)
     model_id = _available_model(conversation.model if model is None else _clean_model(model))
-    with transaction.atomic():
-        conversation = _lock(conversation)
+    wanted_parent = ... if parent_id is None else _parse_id(parent_id)
+
+    def create(conversation: Conversation) -> tuple[Message, Message, GenerationPlan]:
         if parent_id is None:
             parent = conversation.current_leaf
         else:
@@ -352,31 +550,53 @@ def message_send(
                 "A message must follow an answer (parent_id of an assistant message)."
             )
         return _add_exchange(
-            user=user, conversation=conversation, parent=parent, content=content, model_id=model_id
+            user=user,
+            conversation=conversation,
+            parent=parent,
+            content=content,
+            model_id=model_id,
+            client_key=key,
         )
+
+    return _send_once(
+        conversation=conversation,
+        client_key=key,
+        content=content,
+        parent_id=wanted_parent,
+        create=create,
+    )
 
 
 def message_edit(
-    *, user: User, message: Message, content: Any
-) -> tuple[Message, Message, GenerationPlan]:
+    *, user: User, message: Message, content: Any, client_key: Any = None
+) -> tuple[Message, Message, GenerationPlan | None]:
     """A new version of a user message, beside the old one, with a new answer.
 
     Nothing is deleted: the old version and everything after it stay reachable.
-    Same caller duty as `message_send`.
+    Same caller duty, and the same meaning of `client_key`, as `message_send`.
     """
     if message.role != Message.Role.USER:
         raise ServiceError("Only your own messages can be edited.", code="not_a_user_message")
     content = _clean_content(content)
-    with transaction.atomic():
-        conversation = _lock(message.conversation)
-        model_id = _available_model(conversation.model)
+    key = _clean_client_key(client_key)
+
+    def create(conversation: Conversation) -> tuple[Message, Message, GenerationPlan]:
         return _add_exchange(
             user=user,
             conversation=conversation,
             parent=message.parent,
             content=content,
-            model_id=model_id,
+            model_id=_available_model(conversation.model),
+            client_key=key,
         )
+
+    return _send_once(
+        conversation=message.conversation,
+        client_key=key,
+        content=content,
+        parent_id=message.parent_id,
+        create=create,
+    )
 
 
 def message_regenerate(*, user: User, message: Message) -> tuple[Message, GenerationPlan]:
@@ -411,8 +631,16 @@ def message_select(*, message: Message) -> Conversation:
 
 
 def _title_from(content: str) -> str:
+    """A title made of `content`: whitespace collapsed, cut at a word boundary with "…"."""
     words = " ".join(content.split())
-    return words if len(words) <= TITLE_CHARS else words[: TITLE_CHARS - 1].rstrip() + "…"
+    if len(words) <= TITLE_CHARS:
+        return words
+    cut = words[: TITLE_CHARS - 1]
+    space = cut.rfind(" ")
+    # Cut before the word the limit falls in, unless one long word makes most of the title.
+    if words[len(cut)] != " " and space >= TITLE_CHARS // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:-") + "…"
 
 
 def _generation_plan(*, conversation: Conversation, assistant: Message) -> GenerationPlan:
@@ -543,6 +771,8 @@ def message_outcome(*, message: Message) -> Outcome:
         error_code=message.error_code,
         error_message=message.error_message,
         retryable=message.error_code in RETRYABLE,
+        ttft_ms=message.ttft_ms,
+        duration_ms=message.duration_ms,
     )
 
 
@@ -573,3 +803,161 @@ def user_settings_update(*, user: User, changes: dict[str, Any]) -> UserSettings
         user_id=_user_id(user), defaults=values
     )
     return user_settings
+
+
+# --- Quotas --------------------------------------------------------------------------
+
+MAX_DAILY_TOKEN_QUOTA = 2_147_483_647  # the largest value every database's column holds
+
+
+def user_daily_token_quota(*, user: User) -> int:
+    """Tokens the user may use per day, 0 = unlimited: their own quota, else the site's."""
+    own = (
+        UserSettings.objects.filter(user_id=_user_id(user))
+        .values_list("daily_token_quota", flat=True)
+        .first()
+    )
+    return settings.CHAT_DAILY_TOKEN_QUOTA if own is None else own
+
+
+def user_quota_set(*, user: User, quota: int | None) -> UserSettings:
+    """Give `user` their own daily token quota (0 = unlimited), or None for the site's.
+
+    An admin's decision: the user's own settings API cannot change it.
+    """
+    if quota is not None and (
+        isinstance(quota, bool)
+        or not isinstance(quota, int)
+        or not 0 <= quota <= MAX_DAILY_TOKEN_QUOTA
+    ):
+        raise ServiceError(
+            f"The daily token quota must be a whole number from 0 to {MAX_DAILY_TOKEN_QUOTA}."
+        )
+    user_settings, _created = UserSettings.objects.update_or_create(
+        user_id=_user_id(user), defaults={"daily_token_quota": quota}
+    )
+    return user_settings
+
+
+# --- API tokens --------------------------------------------------------------------
+
+API_TOKEN_PREFIX = "chat_"  # noqa: S105 - a label, not a secret
+# How many characters of a token stay readable, so that its owner can tell tokens apart.
+API_TOKEN_SHOWN_CHARS = 12
+MAX_API_TOKENS = 50
+# `last_used_at` is written at most this often per token, not on every request.
+API_TOKEN_USE_PRECISION = timedelta(minutes=1)
+
+
+def _token_hash(secret: str) -> str:
+    # The secret is 256 random bits: a fast hash is enough, and no salt is needed.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def api_token_list(*, user: User) -> QuerySet[ApiToken]:
+    """The user's tokens that still work, newest first."""
+    return ApiToken.objects.filter(user_id=_user_id(user), revoked_at__isnull=True).order_by(
+        "-created_at"
+    )
+
+
+def api_token_create(*, user: User, name: Any) -> tuple[ApiToken, str]:
+    """A new token for `user`, and its secret: the only time the secret is known."""
+    name = _clean_text(name if name is not None else "", "name", max_length=100).strip()
+    if not name:
+        raise ServiceError("Give the token a name, so that you can recognise it later.")
+    if api_token_list(user=user).count() >= MAX_API_TOKENS:
+        raise ServiceError(f"You may have at most {MAX_API_TOKENS} tokens; revoke one first.")
+    secret = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        user_id=_user_id(user),
+        name=name,
+        prefix=secret[:API_TOKEN_SHOWN_CHARS],
+        token_hash=_token_hash(secret),
+    )
+    return token, secret
+
+
+def api_token_for(*, user: User, token_id: Any) -> ApiToken:
+    try:
+        return api_token_list(user=user).get(id=_parse_id(token_id))
+    except ApiToken.DoesNotExist:
+        raise NotFound("No such token.") from None
+
+
+def api_token_revoke(*, token: ApiToken) -> None:
+    """Revoke a token at once: requests, streams and sockets it opened end."""
+    from chat.revocation import credentials_changed
+
+    ApiToken.objects.filter(id=token.id, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    credentials_changed(user_id=token.user_id)
+
+
+def api_token_for_secret(*, secret: str) -> ApiToken | None:
+    """The live token whose secret this is (its user loaded), or None.
+
+    None for anything else: an unknown or revoked token, or one of an inactive user.
+    """
+    if not secret.startswith(API_TOKEN_PREFIX) or len(secret) > 200:
+        return None
+    token = (
+        ApiToken.objects.select_related("user")
+        .filter(token_hash=_token_hash(secret), revoked_at__isnull=True)
+        .first()
+    )
+    if token is None or not token.user.is_active:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at >= API_TOKEN_USE_PRECISION:
+        ApiToken.objects.filter(id=token.id).update(last_used_at=now)
+        token.last_used_at = now
+    return token
+
+
+# --- Sign-in attempts --------------------------------------------------------------
+
+LOGIN_WINDOW_SECONDS = 3600
+
+
+def _login_keys(*, username: str, ip: str | None) -> list[tuple[str, int]]:
+    """The cache counters a sign-in attempt counts against, with their limits."""
+    window = int(timezone.now().timestamp()) // LOGIN_WINDOW_SECONDS
+    # Hashed: a cache key must not hold whatever a visitor typed as a user name.
+    name = hashlib.sha256(username.strip().casefold().encode()).hexdigest()[:32]
+    keys = [(f"chat:login:user:{name}:{window}", settings.CHAT_LOGIN_ATTEMPTS_PER_HOUR)]
+    if ip:
+        keys.append((f"chat:login:ip:{ip}:{window}", settings.CHAT_LOGIN_ATTEMPTS_PER_IP_PER_HOUR))
+    return [(key, limit) for key, limit in keys if limit]
+
+
+def login_throttle_check(*, username: str, ip: str | None) -> None:
+    """Refuse a sign-in attempt (Throttled) once its user name or address has failed too often.
+
+    Checked before the password, so a throttled guess learns nothing, right or wrong.
+    """
+    for key, limit in _login_keys(username=username, ip=ip):
+        if (cache.get(key) or 0) >= limit:
+            retry_after = (
+                LOGIN_WINDOW_SECONDS - int(timezone.now().timestamp()) % LOGIN_WINDOW_SECONDS
+            )
+            raise Throttled(
+                "Too many failed sign-in attempts. "
+                f"Try again in {max(retry_after // 60, 1)} minutes.",
+                retry_after=max(retry_after, 1),
+                code="login_throttled",
+            )
+
+
+def login_failure_record(*, username: str, ip: str | None) -> None:
+    for key, _limit in _login_keys(username=username, ip=ip):
+        cache.add(key, 0, timeout=LOGIN_WINDOW_SECONDS + 60)
+        try:
+            cache.incr(key)
+        except ValueError:  # expired between the two calls
+            cache.set(key, 1, timeout=LOGIN_WINDOW_SECONDS + 60)
+
+
+def login_success_record(*, username: str) -> None:
+    """A right password clears its user name's failures (not its address's)."""
+    for key, _limit in _login_keys(username=username, ip=None):
+        cache.delete(key)

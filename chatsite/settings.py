@@ -89,7 +89,8 @@ CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    # Django's admin, with the usage page (chat/admin_site.py).
+    "chat.admin_site.ChatAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -139,7 +140,8 @@ WSGI_APPLICATION = None
 # --- Database ----------------------------------------------------------------------
 
 # Under ASGI a persistent connection would outlive the request that opened it, so
-# connections are opened per unit of work (CONN_MAX_AGE = 0).
+# connections are opened per unit of work (CONN_MAX_AGE = 0, which Django's pool also
+# requires: with it, "closing" hands the connection back to the pool).
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
@@ -159,6 +161,23 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": str(Path(tempfile.gettempdir()) / f"chatsite-tests-{os.getpid()}.sqlite3")
     }
+# PostgreSQL: one psycopg pool per process, shared by its threads. Code that holds a
+# connection for long (an event stream, a generation) gives it back after each use, so a
+# few connections serve many streams; the generation's own four writer threads take at
+# most four of them. 0 turns the pool off (a connection per unit of work).
+DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 10)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DATABASE_POOL_MAX_SIZE:
+    DATABASES["default"]["OPTIONS"] = {
+        **DATABASES["default"].get("OPTIONS", {}),
+        "pool": {
+            "min_size": min(2, DATABASE_POOL_MAX_SIZE),
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            # Waiting longer for a free connection fails the request (a 500) instead.
+            "timeout": 10.0,
+        },
+    }
+    # The pool tests a connection before lending it: none dies unseen after a restart.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -170,6 +189,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Django's ModelBackend behind the sign-in throttle (CHAT_LOGIN_ATTEMPTS_PER_HOUR).
+AUTHENTICATION_BACKENDS = ["chat.backends.ThrottledModelBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:home"
 LOGOUT_REDIRECT_URL = "login"
@@ -194,9 +215,6 @@ STORAGES = {
         )
     },
 }
-
-# The Django ASGI handler reads the whole body before the view runs: keep it small.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 512 * 1024
 
 # --- Security ----------------------------------------------------------------------
 
@@ -244,11 +262,19 @@ SECURE_CSP = {
 
 # --- Logging -----------------------------------------------------------------------
 
+# `text`: one human-readable line per record, `key=value` fields for the app's events;
+# `json`: one JSON object per line, the same fields as keys (for log shippers).
+CHAT_LOG_FORMAT = (env_str("CHAT_LOG_FORMAT") or "text").lower()
+if CHAT_LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"CHAT_LOG_FORMAT must be text or json, not {CHAT_LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "chat.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": CHAT_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": "INFO"},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
@@ -264,13 +290,32 @@ if CHAT_DEFAULT_MODEL and CHAT_DEFAULT_MODEL not in CHAT_MODELS:
 CHAT_ALLOW_SIGNUP = env_bool("CHAT_ALLOW_SIGNUP", True)
 CHAT_DEMO_TOKENS_PER_SECOND = env_float("CHAT_DEMO_TOKENS_PER_SECOND", 30.0, minimum=0.1)
 CHAT_MAX_PROMPT_CHARS = env_int("CHAT_MAX_PROMPT_CHARS", 32000, minimum=1)
+# The Django ASGI handler reads the whole body before the view runs: keep it small. It
+# must hold the longest message allowed, at 4 bytes a character (UTF-8), with room for the
+# other fields. A larger body answers 413 (`too_large` under /api/).
+_REQUEST_MINIMUM = 4 * CHAT_MAX_PROMPT_CHARS + 4096
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int(
+    "CHAT_MAX_REQUEST_BYTES", max(512 * 1024, _REQUEST_MINIMUM), minimum=1
+)
+if DATA_UPLOAD_MAX_MEMORY_SIZE < _REQUEST_MINIMUM:
+    raise ImproperlyConfigured(
+        f"CHAT_MAX_REQUEST_BYTES must be at least {_REQUEST_MINIMUM} so that a message of "
+        f"CHAT_MAX_PROMPT_CHARS={CHAT_MAX_PROMPT_CHARS} characters fits in one request"
+    )
 CHAT_MAX_OUTPUT_TOKENS = env_int("CHAT_MAX_OUTPUT_TOKENS", 4096, minimum=1)
 CHAT_GENERATION_TIMEOUT = env_float("CHAT_GENERATION_TIMEOUT", 300.0, minimum=1.0)
 CHAT_RATE_LIMIT_PER_MINUTE = env_int("CHAT_RATE_LIMIT_PER_MINUTE", 20)
 CHAT_MAX_CONCURRENT_STREAMS = env_int("CHAT_MAX_CONCURRENT_STREAMS", 3)
 CHAT_DAILY_TOKEN_QUOTA = env_int("CHAT_DAILY_TOKEN_QUOTA", 0)
 CHAT_ABANDON_AFTER = env_float("CHAT_ABANDON_AFTER", 30.0)
+# Failed sign-ins allowed per hour, per user name and per client address (0 = no limit);
+# past them, sign-in answers 429 until the hour is over, even with the right password.
+CHAT_LOGIN_ATTEMPTS_PER_HOUR = env_int("CHAT_LOGIN_ATTEMPTS_PER_HOUR", 10)
+CHAT_LOGIN_ATTEMPTS_PER_IP_PER_HOUR = env_int("CHAT_LOGIN_ATTEMPTS_PER_IP_PER_HOUR", 50)
 CHAT_SYSTEM_PROMPT = env_str("CHAT_SYSTEM_PROMPT", "You are a helpful assistant.")
+# After a conversation's first answer, ask its model for a short title (one small extra
+# request); off, the first message stays the title.
+CHAT_TITLES = env_bool("CHAT_TITLES", True)
 
 # Model providers; empty means unset. `openai` is offered with a key, or with only a base
 # URL, for keyless local OpenAI-compatible servers (Ollama, llama.cpp, vLLM); `anthropic`
@@ -295,6 +340,11 @@ CHAT_PING_INTERVAL = 15.0
 CHAT_LOG_RETENTION = 60.0
 
 METRICS_TOKEN = env_str("METRICS_TOKEN")
+# Several processes on one machine pool their metrics in this directory (chat/metrics.py).
+# prometheus-client switches to that mode when the variable merely exists: an empty value
+# (say, from a copied .env.example) must mean "unset".
+if not env_str("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 # --- WebSocket ---------------------------------------------------------------------
 
