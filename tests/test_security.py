@@ -595,10 +595,19 @@ def test_the_content_security_policy(user: Any) -> None:
 
 HTTPS_PROBE = """
 import json
+import warnings
 import django
 django.setup()
 from django.conf import settings
 from django.test import Client
+
+# Pages link static files by name: a fresh clone has no collected manifest, and whitenoise
+# warns that the directory of collected files does not exist yet.
+settings.STORAGES = {
+    **settings.STORAGES,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+warnings.filterwarnings("ignore", message="No directory at")
 
 client = Client()
 https = {"HTTP_HOST": "chat.example.com", "HTTP_X_FORWARDED_PROTO": "https"}

@@ -323,6 +323,7 @@ class Follower {
     if (this.newBlocks.length) {
       // Sanitized by the server; the message body carries hx-disable.
       this.blocks.insertAdjacentHTML("beforeend", this.newBlocks.join(""));
+      this.blocks.dataset.rendered = this.rendered;
       addCodeButtons(this.blocks);
       this.newBlocks = [];
       this.text.textContent = this.tail;
@@ -340,6 +341,7 @@ class Follower {
     this.pending = "";
     this.newBlocks = [];
     this.blocks.replaceChildren();
+    this.blocks.dataset.rendered = 0;
     this.takeBlocks(blocks);
     this.speaker = new Speaker(content.length);
     this.flush();

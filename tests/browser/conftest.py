@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -56,6 +57,73 @@ def demo_answer(prompt: str) -> str:
 
     digest = hashlib.sha256(prompt.encode()).digest()
     return _ANSWERS[digest[0] % len(_ANSWERS)]
+
+
+# --- What an answer shows while it streams -------------------------------------------
+
+# Samples an answer while it is written, until it is final, each time what it shows
+# changes: the formatted blocks (their text, and where they end in the answer) and the
+# plain-text tail after them.
+SAMPLE_ANSWER = """(article) => new Promise((resolve, reject) => {
+  const samples = [];
+  const deadline = performance.now() + 20000;
+  const tick = () => {
+    const busy = article.getAttribute("aria-busy");
+    const blocks = article.querySelector(".stream-blocks");
+    const tail = article.querySelector(".stream-text")?.textContent ?? "";
+    let rendered = 0, blocksText = "";
+    if (blocks) {
+      rendered = Number(blocks.dataset.rendered || 0);
+      const copy = blocks.cloneNode(true);
+      copy.querySelectorAll(".code-button").forEach((button) => button.remove());
+      blocksText = copy.textContent;
+    }
+    const last = samples[samples.length - 1];
+    if (!last || last.busy !== busy || last.rendered !== rendered || last.tail !== tail) {
+      samples.push({ busy, rendered, tail, blocksText });
+    }
+    if (busy === "false") return resolve(samples);
+    if (performance.now() > deadline) return reject(new Error("the answer never ended"));
+    setTimeout(tick, 5);
+  };
+  tick();
+})"""
+
+
+def _visible_text(html: str) -> str:
+    from html.parser import HTMLParser
+
+    class Text(HTMLParser):
+        text = ""
+
+        def handle_data(self, data: str) -> None:
+            self.text += data
+
+    parser = Text(convert_charrefs=True)
+    parser.feed(html)
+    parser.close()
+    return parser.text
+
+
+def shown_source(sample: dict[str, Any], full: str) -> str:
+    """The part of `full` that a streaming sample shows, checked: no word lost or repeated.
+
+    The formatted blocks must show exactly the rendering of the answer up to where they
+    end, and the plain tail must be the answer's text right after that.
+    """
+    from chat.rendering import render_markdown
+
+    rendered, tail = sample["rendered"], sample["tail"]
+    source = full[:rendered]
+    squeeze = re.compile(r"\s+")
+    expected_blocks = squeeze.sub("", _visible_text(render_markdown(source)))
+    assert squeeze.sub("", sample["blocksText"]) == expected_blocks, (
+        f"the formatted blocks do not show the answer up to {rendered}: {sample}"
+    )
+    assert full[rendered : rendered + len(tail)] == tail, (
+        f"the plain tail does not continue the answer at {rendered}: {tail!r}"
+    )
+    return source + tail
 
 
 # --- The live server ---------------------------------------------------------------

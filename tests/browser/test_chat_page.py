@@ -13,28 +13,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Locator, expect
 
-from tests.browser.conftest import ROOT, Session, demo_answer
+from tests.browser.conftest import ROOT, SAMPLE_ANSWER, Session, demo_answer, shown_source
 
 pytestmark = pytest.mark.browser
-
-# Samples an answer while it is written, until it is final: its length, and (when asked)
-# the streamed text itself, each time it changes.
-SAMPLE_ANSWER = """(article, keepText) => new Promise((resolve, reject) => {
-  const samples = [];
-  const deadline = performance.now() + 20000;
-  const tick = () => {
-    const busy = article.getAttribute("aria-busy");
-    const text = article.querySelector(".message__body").textContent;
-    const last = samples[samples.length - 1];
-    if (!last || last.busy !== busy || last.length !== text.length) {
-      samples.push({ busy, length: text.length, text: keepText ? text : null });
-    }
-    if (busy === "false") return resolve(samples);
-    if (performance.now() > deadline) return reject(new Error("the answer never ended"));
-    setTimeout(tick, 5);
-  };
-  tick();
-})"""
 
 
 def test_answer_streams_then_renders_markdown(new_session: Callable[..., Session]) -> None:
@@ -42,10 +23,11 @@ def test_answer_streams_then_renders_markdown(new_session: Callable[..., Session
     chat.sign_up()
     prompt = "Show me what Markdown you can render."
     answer = chat.send(prompt)
-    samples: list[dict[str, Any]] = answer.evaluate(SAMPLE_ANSWER, False)
+    samples: list[dict[str, Any]] = answer.evaluate(SAMPLE_ANSWER)
 
-    streaming = [sample["length"] for sample in samples if sample["busy"] == "true"]
-    growth = [length for length in streaming if length > 0]
+    full = demo_answer(prompt)
+    streaming = [shown_source(s, full) for s in samples if s["busy"] == "true"]
+    growth = [len(text) for text in streaming if text]
     assert growth == sorted(growth), f"the text shrank while streaming: {growth}"
     assert len(set(growth)) >= 3, f"the answer did not grow in steps: {growth}"
     assert samples[-1]["busy"] == "false"
@@ -117,9 +99,9 @@ def test_reload_mid_answer_continues_without_repeating(chat: Session) -> None:
     assert resume_at, "the reloaded page does not follow the answer"
     assert int(resume_at.group(1)) > 0
     answer = chat.transcript.locator(f'article[data-message-id="{message_id}"]')
-    samples: list[dict[str, Any]] = answer.evaluate(SAMPLE_ANSWER, True)
+    samples: list[dict[str, Any]] = answer.evaluate(SAMPLE_ANSWER)
 
-    streamed = [sample["text"] for sample in samples if sample["busy"] == "true"]
+    streamed = [shown_source(s, full) for s in samples if s["busy"] == "true"]
     assert streamed, "the answer had already ended when the page came back"
     for text in streamed:
         # A repeated piece would make the shown text stop being a prefix of the answer.

@@ -15,25 +15,9 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Locator, Page, WebSocket, expect
 
-from tests.browser.conftest import Session, demo_answer
+from tests.browser.conftest import SAMPLE_ANSWER, Session, demo_answer, shown_source
 
 pytestmark = pytest.mark.browser
-
-# Samples an answer's shown text each time it changes, until the answer is final.
-SAMPLE_ANSWER = """(article) => new Promise((resolve, reject) => {
-  const samples = [];
-  const deadline = performance.now() + 20000;
-  const tick = () => {
-    const busy = article.getAttribute("aria-busy");
-    const text = article.querySelector(".message__body").textContent;
-    const last = samples[samples.length - 1];
-    if (!last || last.busy !== busy || last.text !== text) samples.push({ busy, text });
-    if (busy === "false") return resolve(samples);
-    if (performance.now() > deadline) return reject(new Error("the answer never ended"));
-    setTimeout(tick, 5);
-  };
-  tick();
-})"""
 
 
 @dataclass
@@ -110,7 +94,7 @@ def test_send_stream_and_stop_over_the_websocket(ws_chat: Session) -> None:
     answer = chat.send(prompt)
     samples: list[dict[str, Any]] = answer.evaluate(SAMPLE_ANSWER)
     full = demo_answer(prompt)
-    streaming = [sample["text"] for sample in samples if sample["busy"] == "true"]
+    streaming = [shown_source(s, full) for s in samples if s["busy"] == "true"]
     assert len(set(streaming)) >= 3, "the answer did not stream in steps"
     for text in streaming:
         assert full.startswith(text), f"the streamed text is not a prefix: {text!r}"
@@ -233,9 +217,8 @@ def test_a_network_drop_mid_answer_recovers_the_full_text_once(
     frames = log.events_of(message_id)
     assert [f["type"] for f in frames].count("start") == 1
     assert streamed_text(frames) == full
-    shown = [
-        sample["text"] for sample in page.evaluate("window.__samples") if sample["busy"] == "true"
-    ]
+    samples = page.evaluate("window.__samples")
+    shown = [shown_source(s, full) for s in samples if s["busy"] == "true"]
     assert len(set(shown)) >= 2, "the answer did not go on streaming after the drop"
     for text in shown:
         assert full.startswith(text), f"the shown text is not a prefix of the answer: {text!r}"
