@@ -12,7 +12,8 @@ from django.contrib.auth.models import Group
 from django.test import Client
 
 from chat.models import Conversation, Message
-from tests.transcripts import Branched, Elements, ask, branched, reply
+from tests.html import Elements
+from tests.transcripts import Branched, ask, branched, reply
 from tests.xss_corpus import ALL_TEXTS
 
 pytestmark = pytest.mark.django_db

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from html.parser import HTMLParser
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from chat.providers.base import Finish, Usage
 from chat.providers.demo import _ANSWERS, split_pieces
 from chat.rendering import Block, LiveMarkdown, render_markdown
 from tests.helpers import ChatApi, ScriptedProvider, SSEStream
+from tests.html import Elements
 from tests.xss_corpus import PAYLOADS, SPLIT_PAYLOADS
 
 RICH = (
@@ -41,19 +41,8 @@ def stream_in_pieces(text: str, rng: random.Random) -> tuple[LiveMarkdown, list[
     return live, blocks
 
 
-class Tags(HTMLParser):
-    def __init__(self, html: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.feed(html)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-
 def assert_inert(html: str) -> None:
-    for tag, attrs in Tags(html).tags:
+    for tag, attrs in Elements(html).tags:
         assert tag not in {"script", "img", "svg", "iframe", "object", "embed", "style"}, html
         for name, value in attrs.items():
             assert not name.startswith(("on", "hx-", "data-hx-")), html

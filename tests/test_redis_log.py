@@ -106,6 +106,42 @@ async def test_a_waiting_reader_wakes_at_the_next_frame(log: RedisStreamLog) -> 
     assert asyncio.get_running_loop().time() - started < 0.5
 
 
+async def test_a_following_reader_asks_redis_once_per_frame(
+    log: RedisStreamLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader back for what follows the frame it just read waits for the next wake-up
+    rather than asking Redis at once for a frame that is not there yet."""
+    from redis.asyncio.client import Pipeline
+
+    message_id = uuid.uuid4()
+    log.open(message_id)
+    await _flushed(log, message_id, 0)
+    reads = 0
+    execute = Pipeline.execute
+
+    async def counted(self: Pipeline, raise_on_error: bool = True) -> Any:
+        nonlocal reads
+        reads += any(args[0] == "XRANGE" for args, _options in self.command_stack)
+        return await execute(self, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", counted)
+
+    async def follow() -> str:
+        text, position = "", 0
+        while len(text) < len("first-mid-last."):
+            chunk = await log.read(message_id, position, 5)
+            assert chunk is not None
+            text, position = text + chunk.text, chunk.end
+        return text
+
+    reader = asyncio.create_task(follow())
+    for frame in ("first", "-mid-", "last."):
+        await asyncio.sleep(0.1)  # the reader has its frame and waits for the next
+        log.append(message_id, frame)
+    assert await asyncio.wait_for(reader, 3) == "first-mid-last."
+    assert reads == 4  # one per frame, and the first, which found nothing yet
+
+
 async def test_a_silent_read_returns_empty_after_its_wait(log: RedisStreamLog) -> None:
     message_id = uuid.uuid4()
     log.open(message_id)

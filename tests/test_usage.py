@@ -14,7 +14,8 @@ from django.utils import timezone
 from chat import services, usage
 from chat.models import Conversation, Message, UserSettings
 from tests.helpers import ChatApi, async_client
-from tests.transcripts import Elements, ask, reply
+from tests.html import Elements
+from tests.transcripts import ask, reply
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from typing import Any
 
 from chat.models import Conversation, Message
@@ -78,26 +77,3 @@ def branched(user: Any, title: str = "Trip plans", model: str = "demo:demo") -> 
     conversation.current_leaf = regenerated
     conversation.save()
     return Branched(conversation, question, answer, edited, failed, regenerated)
-
-
-class Elements(HTMLParser):
-    """Every start tag with its attributes, and the text, as a browser would parse them."""
-
-    def __init__(self, html: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.text = ""
-        self.feed(html)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data: str) -> None:
-        self.text += data
-
-    def named(self, tag: str) -> list[dict[str, str | None]]:
-        return [attrs for name, attrs in self.tags if name == tag]

@@ -29,11 +29,13 @@ from playwright.sync_api import (
     BrowserContext,
     ConsoleMessage,
     Locator,
+    Page,
     Playwright,
     expect,
     sync_playwright,
 )
 
+from tests.html import Elements
 from tests.processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,21 +92,6 @@ SAMPLE_ANSWER = """(article) => new Promise((resolve, reject) => {
 })"""
 
 
-def _visible_text(html: str) -> str:
-    from html.parser import HTMLParser
-
-    class Text(HTMLParser):
-        text = ""
-
-        def handle_data(self, data: str) -> None:
-            self.text += data
-
-    parser = Text(convert_charrefs=True)
-    parser.feed(html)
-    parser.close()
-    return parser.text
-
-
 def shown_source(sample: dict[str, Any], full: str) -> str:
     """The part of `full` that a streaming sample shows, checked: no word lost or repeated.
 
@@ -116,7 +103,7 @@ def shown_source(sample: dict[str, Any], full: str) -> str:
     rendered, tail = sample["rendered"], sample["tail"]
     source = full[:rendered]
     squeeze = re.compile(r"\s+")
-    expected_blocks = squeeze.sub("", _visible_text(render_markdown(source)))
+    expected_blocks = squeeze.sub("", Elements(render_markdown(source)).text)
     assert squeeze.sub("", sample["blocksText"]) == expected_blocks, (
         f"the formatted blocks do not show the answer up to {rendered}: {sample}"
     )
@@ -513,3 +500,30 @@ def chat(new_session: Callable[..., Session], signed_up_state: dict[str, Any]) -
     session.page.goto("/")
     expect(session.page.get_by_role("textbox", name="Message")).to_be_visible()
     return session
+
+
+# --- Accessibility -------------------------------------------------------------------
+
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def serious_violations(page: Page) -> list[dict[str, Any]]:
+    """axe-core's serious and critical findings on the page as it is now."""
+    if not AXE.exists():
+        pytest.fail("axe-core is missing: run scripts/ensure-node-tools (make test does)")
+    page.add_script_tag(path=str(AXE))
+    results: dict[str, Any] = page.evaluate(
+        """async () => {
+            const results = await axe.run(document);
+            return {
+              passes: results.passes.length,
+              violations: results.violations.map((v) => ({
+                id: v.id, impact: v.impact, help: v.help,
+                nodes: v.nodes.slice(0, 5).map((n) => n.target.join(" ")),
+              })),
+            };
+        }"""
+    )
+    assert results["passes"] > 10, "axe-core did not check the page"
+    violations: list[dict[str, Any]] = results["violations"]
+    return [v for v in violations if v["impact"] in {"serious", "critical"}]

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, expect
 
-from tests.browser.conftest import Session
+from tests.browser.conftest import Session, serious_violations
 
 pytestmark = pytest.mark.browser
 
@@ -154,22 +154,6 @@ def test_the_header_controls_fit_a_small_screen(chat: Session) -> None:
     chat.assert_clean()
 
 
-AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
-
-
-def _serious_violations(page: Page) -> list[dict[str, Any]]:
-    """axe-core's serious and critical findings on the page as it is now."""
-    if not AXE.exists():
-        pytest.fail("axe-core is missing: run scripts/ensure-node-tools (make test does)")
-    page.add_script_tag(path=str(AXE))
-    found: list[dict[str, Any]] = page.evaluate(
-        """async () => (await axe.run(document)).violations.map((v) => ({
-            id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(" ")),
-        }))"""
-    )
-    return [v for v in found if v["impact"] in {"serious", "critical"}]
-
-
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_search_rename_and_the_delete_dialog_are_accessible(
     new_session: Callable[..., Session], signed_up_state: dict[str, Any], scheme: str
@@ -183,9 +167,9 @@ def test_search_rename_and_the_delete_dialog_are_accessible(
     expect(page.get_by_text("No conversations match")).to_be_visible()
     page.get_by_role("button", name="Rename").click()
     expect(page.get_by_role("textbox", name="Title")).to_be_focused()
-    assert _serious_violations(page) == []
+    assert serious_violations(page) == []
 
     page.keyboard.press("Escape")
     page.get_by_role("button", name="Delete").click()
     expect(page.get_by_role("dialog", name="Delete this conversation?")).to_be_visible()
-    assert _serious_violations(page) == []
+    assert serious_violations(page) == []

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Dialog, Page, Request, expect
 
-from tests.browser.conftest import Session, start_server
+from tests.browser.conftest import Session, serious_violations, start_server
 from tests.fakes.base import Script
 from tests.fakes.openai_server import OpenAIServer
 from tests.xss_corpus import PAYLOADS, SPLIT_PAYLOADS
@@ -207,30 +207,6 @@ def test_hostile_output_runs_nothing_while_streaming_after_final_or_after_reload
 
 
 # --- Accessibility ------------------------------------------------------------------------
-
-AXE = Path(__file__).resolve().parents[2] / "node_modules" / "axe-core" / "axe.min.js"
-
-
-def serious_violations(page: Page) -> list[dict[str, Any]]:
-    """axe-core's serious and critical findings on the page as it is now."""
-    if not AXE.exists():
-        pytest.fail("axe-core is missing: run scripts/ensure-node-tools (make test does)")
-    page.add_script_tag(path=str(AXE))
-    results: dict[str, Any] = page.evaluate(
-        """async () => {
-            const results = await axe.run(document);
-            return {
-              passes: results.passes.length,
-              violations: results.violations.map((v) => ({
-                id: v.id, impact: v.impact, help: v.help,
-                nodes: v.nodes.slice(0, 5).map((n) => n.target.join(" ")),
-              })),
-            };
-        }"""
-    )
-    assert results["passes"] > 10, "axe-core did not check the page"
-    violations: list[dict[str, Any]] = results["violations"]
-    return [v for v in violations if v["impact"] in {"serious", "critical"}]
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
