@@ -43,3 +43,14 @@ services:
 ## Refresh docs/screenshot.png (a browser test that runs only when asked to).
 screenshot: install browser-deps
 	UPDATE_SCREENSHOT=1 $(UV) run --frozen pytest tests/browser -k screenshot
+
+## The relay benchmark (bench/run.py): the app against the fastest and the naive relay,
+## on one pinned core. Quick mode takes under 3 minutes; `make bench-full` (or
+## MODE=full) measures every configuration. Results: bench/results/results.md.
+.PHONY: bench bench-full
+MODE ?= quick
+bench: install services
+	$(UV) run --frozen python -m bench.run --mode $(MODE) $(BENCH_ARGS)
+
+bench-full:
+	$(MAKE) bench MODE=full

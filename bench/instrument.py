@@ -1,0 +1,239 @@
+"""Counters for the server under test, installed by `bench/app_asgi.py` (never by the app).
+
+- database: every statement on every connection of every thread, through Django's
+  `execute_wrapper` (as bench/db_writes.py does), split into writes and reads by table;
+  (`BENCH_TRACE_SQL=1`: also by the app function that ran them);
+- Redis: every awaited redis-py command (`redis.asyncio`), every pipeline round trip and
+  the commands in it, every published wake-up received, and the synchronous client's
+  commands (Django's Redis cache: rate limits);
+- the event loop's stalls: how often a 5 ms sleep wakes more than 10/20/50/100 ms late;
+- on demand, a pyinstrument profile of the event loop's thread.
+
+`GET /__bench__/stats` answers the counters as JSON. `GET /__bench__/profile/start`
+starts the profiler; `GET /__bench__/profile` stops it and answers its text report (and
+writes an HTML one to `BENCH_PROFILE_HTML`). These paths are answered in front of the
+app, which never sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from types import FrameType
+from typing import Any
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+counts: Counter[str] = Counter()
+_lock = threading.Lock()
+_profiler: Any = None
+
+
+def _bump(name: str, amount: int = 1) -> None:
+    with _lock:
+        counts[name] += amount
+
+
+_TRACE_SQL = os.environ.get("BENCH_TRACE_SQL") == "1"
+
+
+def _caller() -> str:
+    """The innermost frame of the app's own code that ran a statement."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if "/chat/" in name and "/site-packages/" not in name:
+            return f"{name.rsplit('/chat/', 1)[1]}:{frame.f_code.co_name}"
+        frame = frame.f_back
+    return "?"
+
+
+def _count_sql(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    verb = sql.lstrip().split(" ", 1)[0].upper()
+    table = sql.split('"')[1] if '"' in sql else "?"
+    kind = "db_write" if verb in {"INSERT", "UPDATE", "DELETE"} else "db_read"
+    where = f" <- {_caller()}" if _TRACE_SQL else ""
+    with _lock:
+        counts[kind] += 1
+        counts[f"{kind}:{verb} {table}{where}"] += 1
+    return execute(sql, params, many, context)
+
+
+def _watch_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
+    # One wrapper object per thread reconnects for every unit of work: wrap it once.
+    if _count_sql not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_count_sql)
+
+
+def install_db_counter() -> None:
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(_watch_connection, weak=False)
+
+
+def install_redis_counter() -> None:
+    import redis.asyncio.client as aio
+    import redis.client as sync
+
+    command = aio.Redis.execute_command
+
+    async def counted_command(self: Any, *args: Any, **options: Any) -> Any:
+        _bump("redis_awaited")
+        _bump(f"redis_awaited:{args[0]}")
+        return await command(self, *args, **options)  # type: ignore[no-untyped-call]
+
+    execute = aio.Pipeline.execute
+
+    async def counted_execute(self: Any, raise_on_error: bool = True) -> Any:
+        _bump("redis_awaited")
+        _bump("redis_pipeline")
+        _bump("redis_pipelined_commands", len(self.command_stack))
+        for queued in self.command_stack:
+            _bump(f"redis_pipelined:{queued[0][0]}")
+        return await execute(self, raise_on_error)
+
+    handle = aio.PubSub.handle_message
+
+    async def counted_message(self: Any, response: Any, *args: Any, **kwargs: Any) -> Any:
+        _bump("redis_pubsub_received")
+        return await handle(self, response, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    sync_command = sync.Redis.execute_command
+
+    def counted_sync(self: Any, *args: Any, **options: Any) -> Any:
+        _bump("redis_sync")
+        _bump(f"redis_sync:{args[0]}")
+        return sync_command(self, *args, **options)  # type: ignore[no-untyped-call]
+
+    aio.Redis.execute_command = counted_command  # type: ignore[method-assign]
+    aio.Pipeline.execute = counted_execute  # type: ignore[method-assign]
+    aio.PubSub.handle_message = counted_message  # type: ignore[method-assign]
+    sync.Redis.execute_command = counted_sync  # type: ignore[method-assign]
+
+
+def keep_one_connection() -> None:
+    """Open the default database in a thread of its own and keep it open, idle."""
+
+    def hold() -> None:
+        from django.db import connection
+
+        connection.ensure_connection()
+        threading.Event().wait()
+
+    threading.Thread(target=hold, name="bench-keeper", daemon=True).start()
+
+
+_snapshot: Any = None
+
+
+def _memory_mark() -> str:
+    """Start tracing Python allocations (if not yet) and remember what is allocated now."""
+    global _snapshot
+    import gc
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        tracemalloc.start(8)
+    gc.collect()
+    _snapshot = tracemalloc.take_snapshot()
+    return "marked"
+
+
+def _memory_diff() -> str:
+    """Python allocations since the mark, by where they were made (largest first)."""
+    import gc
+    import tracemalloc
+
+    if _snapshot is None:
+        return "no mark\n"
+    gc.collect()
+    now = tracemalloc.take_snapshot()
+    stats = now.compare_to(_snapshot, "traceback")
+    total = sum(stat.size_diff for stat in stats)
+    lines = [f"total {total / 1024:.0f} KiB in {sum(s.count_diff for s in stats)} blocks"]
+    for stat in stats[:25]:
+        lines.append(f"{stat.size_diff / 1024:8.1f} KiB {stat.count_diff:6d} blocks")
+        lines += [f"      {frame.filename}:{frame.lineno}" for frame in stat.traceback[-6:]]
+    return "\n".join(lines) + "\n"
+
+
+def start_profiler() -> None:
+    global _profiler
+    from pyinstrument import Profiler
+
+    _profiler = Profiler(interval=0.0005, async_mode="disabled")
+    _profiler.start()
+
+
+def _profile_report() -> str:
+    global _profiler
+    if _profiler is None:
+        return "the profiler was not started\n"
+    profiler, _profiler = _profiler, None
+    profiler.stop()
+    html = os.environ.get("BENCH_PROFILE_HTML")
+    if html:
+        with open(html, "w") as out:  # noqa: PTH123
+            out.write(profiler.output_html())
+    tree: str = profiler.output_text(unicode=True, color=False, time="percent_of_total")
+    flat: str = profiler.output_text(unicode=True, color=False, flat=True, time="percent_of_total")
+    return f"{tree}\n\n--- self time by function ---\n{flat}"
+
+
+async def _answer(send: Send, body: bytes, content_type: bytes) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _watch_loop(every: float = 0.005) -> None:
+    """Count how late the event loop wakes a sleeper: the stalls every stream feels."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + every
+        await asyncio.sleep(every)
+        late = loop.time() - due
+        with _lock:
+            counts["loop_checks"] += 1
+            for limit in (10, 20, 50, 100):
+                if late * 1000 > limit:
+                    counts[f"loop_late_over_{limit}ms"] += 1
+            counts["loop_late_max_us"] = max(counts["loop_late_max_us"], int(late * 1e6))
+
+
+_watcher: list[asyncio.Task[None]] = []
+
+
+def wrap(app: App) -> App:
+    """`app`, plus the `/__bench__/` paths."""
+
+    async def application(scope: Scope, receive: Receive, send: Send) -> None:
+        if not _watcher:
+            _watcher.append(asyncio.get_running_loop().create_task(_watch_loop()))
+        if scope["type"] == "http" and scope["path"].startswith("/__bench__/"):
+            if scope["path"] == "/__bench__/memory/mark":
+                await _answer(send, _memory_mark().encode(), b"text/plain")
+            elif scope["path"] == "/__bench__/memory/diff":
+                await _answer(send, _memory_diff().encode(), b"text/plain; charset=utf-8")
+            elif scope["path"] == "/__bench__/profile/start":
+                start_profiler()  # in the event loop's thread: the one to profile
+                await _answer(send, b"started", b"text/plain")
+            elif scope["path"] == "/__bench__/profile":
+                await _answer(send, _profile_report().encode(), b"text/plain; charset=utf-8")
+            else:
+                with _lock:
+                    snapshot = dict(counts)
+                    counts["loop_late_max_us"] = 0  # a maximum per read, not a counter
+                await _answer(send, json.dumps(snapshot).encode(), b"application/json")
+            return
+        await app(scope, receive, send)
+
+    return application
