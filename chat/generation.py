@@ -19,9 +19,9 @@ from functools import partial
 from typing import Literal
 
 from django.conf import settings
-from django.db import close_old_connections
 
 from chat import metrics, services
+from chat.db import release_connections
 from chat.events import Outcome
 from chat.logs import log_event
 from chat.models import Message
@@ -46,8 +46,9 @@ def _closing[**P, R](fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R
     try:
         return fn(*args, **kwargs)
     finally:
-        # Outside the request cycle nobody else closes this thread's connection.
-        close_old_connections()
+        # Outside the request cycle nobody else closes this thread's connection. The
+        # pool's few threads keep SQLite's open: a flush would otherwise reopen the file.
+        release_connections(keep_sqlite=True)
 
 
 async def run_db[**P, R](fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
