@@ -40,6 +40,10 @@ class Ping:
 
 PING = Ping()
 
+# How long a reader waits before looking again for an answer the stream log does not know.
+ABSENT_WAIT_MIN = 0.01
+ABSENT_WAIT_MAX = 0.25
+
 
 def _reload(message_id: uuid.UUID) -> Message:
     try:
@@ -78,6 +82,7 @@ async def follow(
     last_ping = time.monotonic()
     live: LiveMarkdown | None = LiveMarkdown() if position == 0 else None
     caught_up: list[Block] = []
+    absent_wait = ABSENT_WAIT_MIN
 
     async with log.reading(message_id):
         while True:
@@ -95,7 +100,10 @@ async def follow(
                     last_ping = time.monotonic()
                     yield PING
                 if chunk is None:
-                    await asyncio.sleep(0.25)
+                    # Most often the answer has only just begun and its first write to
+                    # the log is on its way: look again soon, then less and less often.
+                    await asyncio.sleep(absent_wait)
+                    absent_wait = min(absent_wait * 2, ABSENT_WAIT_MAX)
                 continue
             if reset or chunk.beyond:
                 whole = await log.read(message_id, 0, 0)
