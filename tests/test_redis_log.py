@@ -205,3 +205,25 @@ def test_readiness_reports_redis(client: Any, settings: Any) -> None:
     answer = client.get("/readyz")
     assert answer.status_code == 503
     assert answer.json()["checks"]["redis"] is False
+
+
+async def test_a_reader_told_to_expect_an_answer_gets_its_first_text_as_it_is_written(
+    log: RedisStreamLog,
+) -> None:
+    message_id = uuid.uuid4()
+    # Unknown, and not expected: the reader learns it at once and asks the database.
+    assert await log.read(message_id, 0, 2.0) is None
+
+    loop = asyncio.get_running_loop()
+    reading = asyncio.create_task(log.read(message_id, 0, 5.0, expected=True))
+    await asyncio.sleep(0.1)
+    assert not reading.done(), "an expected answer is waited for"
+    written = loop.time()
+    log.open(message_id)
+    log.append(message_id, "First words")
+    chunk = await asyncio.wait_for(reading, 2.0)
+
+    assert chunk is not None and chunk.text == "First words"
+    # Woken by the write itself, not by a later poll.
+    assert loop.time() - written < 0.5
+    await log.finish(message_id, Outcome("complete"), "")

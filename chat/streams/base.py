@@ -50,11 +50,15 @@ class StreamLog(ABC):
     async def finish(self, message_id: UUID, outcome: Outcome, html: str) -> None: ...
 
     @abstractmethod
-    async def read(self, message_id: UUID, after: int, wait: float) -> Chunk | None:
+    async def read(
+        self, message_id: UUID, after: int, wait: float, *, expected: bool = False
+    ) -> Chunk | None:
         """The text after position `after`, or None when the log does not know the message.
 
         Returns at once when there is text or an outcome; otherwise waits up to `wait` seconds
-        and returns an empty chunk whose `end` equals `after`.
+        and returns an empty chunk whose `end` equals `after`. With `expected` (the answer
+        is running somewhere, says the database) a backend whose writes arrive later than
+        the generation starts waits up to `wait` for the message to appear, too.
         """
 
     @abstractmethod

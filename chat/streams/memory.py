@@ -72,7 +72,11 @@ class MemoryStreamLog(StreamLog):
             settings.CHAT_LOG_RETENTION, self._entries.pop, message_id, None
         )
 
-    async def read(self, message_id: UUID, after: int, wait: float) -> Chunk | None:
+    async def read(
+        self, message_id: UUID, after: int, wait: float, *, expected: bool = False
+    ) -> Chunk | None:
+        # `expected` changes nothing here: a generation of this process opens its stream
+        # before anybody can ask for it.
         entry = self._entries.get(message_id)
         if entry is None:
             return None

@@ -43,6 +43,8 @@ PING = Ping()
 # How long a reader waits before looking again for an answer the stream log does not know.
 ABSENT_WAIT_MIN = 0.01
 ABSENT_WAIT_MAX = 0.25
+# How long a read waits for an answer the database says runs to appear in the log.
+EXPECTED_WAIT = 1.0
 
 
 def _reload(message_id: uuid.UUID) -> Message:
@@ -83,12 +85,18 @@ async def follow(
     live: LiveMarkdown | None = LiveMarkdown() if position == 0 else None
     caught_up: list[Block] = []
     absent_wait = ABSENT_WAIT_MIN
+    expected = False  # the database said the answer runs, but the log had not got it yet
 
     async with log.reading(message_id):
         while True:
             # A pending reset goes out at once, even before the answer has any text.
             wait = 0 if reset else settings.CHAT_PING_INTERVAL
-            chunk = await log.read(message_id, position, wait)
+            if expected:
+                # Not for long: the database also knows when a generation died unseen.
+                wait = min(wait, EXPECTED_WAIT)
+            chunk = await log.read(message_id, position, wait, expected=expected)
+            if chunk is not None:
+                expected = False
             silent = chunk is not None and not (chunk.text or chunk.outcome or chunk.beyond)
             if chunk is None or (silent and not reset):
                 # Not in the log (finished long ago, not started yet, or its process
@@ -101,7 +109,11 @@ async def follow(
                     yield PING
                 if chunk is None:
                     # Most often the answer has only just begun and its first write to
-                    # the log is on its way: look again soon, then less and less often.
+                    # the log is on its way: wait for it (a log that can tell, does),
+                    # looking again soon, then less and less often.
+                    if not expected:
+                        expected = True
+                        continue
                     await asyncio.sleep(absent_wait)
                     absent_wait = min(absent_wait * 2, ABSENT_WAIT_MAX)
                 continue

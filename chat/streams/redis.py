@@ -195,7 +195,9 @@ class RedisStreamLog(StreamLog):
 
     # --- Reading ---------------------------------------------------------------------
 
-    async def read(self, message_id: UUID, after: int, wait: float) -> Chunk | None:
+    async def read(
+        self, message_id: UUID, after: int, wait: float, *, expected: bool = False
+    ) -> Chunk | None:
         self._state()
         key = self._key(message_id)
         deadline = time.monotonic() + wait
@@ -217,8 +219,15 @@ class RedisStreamLog(StreamLog):
             except RedisError:
                 logger.warning("stream log read failed; using the database", exc_info=True)
                 return None
+            remaining = deadline - time.monotonic()
             if not last:
-                return None
+                # Not written yet (its generation's first write is on its way, and wakes
+                # us), or gone. Only the caller knows which.
+                if not expected or remaining <= 0:
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waker.wait(), min(remaining, WAKE_SLICE))
+                continue
             chunk = _chunk(entries, last[0], after)
             if chunk is not None:
                 if chunk.text and chunk.outcome is None:
@@ -226,7 +235,6 @@ class RedisStreamLog(StreamLog):
                         del self._armed[next(iter(self._armed))]
                     self._armed[str(message_id), chunk.end] = waker
                 return chunk
-            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return Chunk("", after)
             with contextlib.suppress(TimeoutError):
