@@ -356,6 +356,8 @@ class Follower {
       this.body.innerHTML = data.html; // sanitized by the server; hx-disable on the body
       addCodeButtons(this.body);
     } else {
+      // The end came without its rendering (see recover()): show the text as text.
+      this.blocks.replaceChildren();
       this.text.textContent = data.content;
     }
     this.article.dataset.status = data.status;
