@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -58,6 +59,54 @@ async def run_db[**P, R](fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) 
 
 def is_running(message_id: uuid.UUID) -> bool:
     return message_id in _running
+
+
+# --- Flushing ---------------------------------------------------------------------------
+# One timer per event loop saves the text and heartbeat of every running generation of
+# this process together, in one transaction: a write of its own per generation per
+# second, each a thread hop and a commit, made the database the bottleneck past ~80
+# streams on one core. The rows written are the same.
+
+_flushing: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _FlushTimer] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _FlushTimer:
+    def __init__(self) -> None:
+        self.generations: set[Generation] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, generation: Generation) -> None:
+        self.generations.add(generation)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), context=contextvars.Context())
+
+    async def _run(self) -> None:
+        while self.generations:
+            await asyncio.sleep(settings.CHAT_FLUSH_INTERVAL)
+            flushes = [g.flush_state() for g in list(self.generations) if not g.finishing]
+            if not flushes:
+                continue
+            try:
+                await run_db(services.message_flush_many, flushes=flushes)
+            except Exception:
+                # A missed flush costs only freshness; the final write carries all.
+                log_event(
+                    logger,
+                    "generation_flush_failed",
+                    level=logging.ERROR,
+                    exc_info=True,
+                    messages=len(flushes),
+                )
+
+
+def _flush_timer() -> _FlushTimer:
+    loop = asyncio.get_running_loop()
+    timer = _flushing.get(loop)
+    if timer is None:
+        timer = _flushing[loop] = _FlushTimer()
+    return timer
 
 
 def generation_start(plan: services.GenerationPlan) -> Generation:
@@ -200,10 +249,13 @@ class Generation:
         self._started = time.monotonic()
         metrics.STREAMS_STARTED.labels(self.plan.model).inc()
         metrics.STREAMS_ACTIVE.inc()
+        flusher = _flush_timer()
+        flusher.add(self)
         try:
             outcome = await self._generate()
         finally:
             metrics.STREAMS_ACTIVE.dec()
+            flusher.generations.discard(self)
         self._finishing = True
         self._emit()
         content = self._content()
@@ -331,33 +383,28 @@ class Generation:
         finally:
             watchdog.cancel()
 
+    @property
+    def finishing(self) -> bool:
+        return self._finishing
+
+    def flush_state(self) -> services.Flush:
+        """What the next flush saves: the text when it grew since the last, and ttft."""
+        changed = self._length != self._flushed_length
+        self._flushed_length = self._length
+        return services.Flush(
+            message_id=self.message_id,
+            content=self._content() if changed else None,
+            ttft_ms=self._ttft_ms,
+        )
+
     async def _watch(self) -> None:
-        """Flush text and heartbeat on a timer; stop the answer if nobody reads it."""
+        """Stop the answer if nobody reads it (the flush timer saves its text meanwhile)."""
         abandon_after = settings.CHAT_ABANDON_AFTER
+        if not abandon_after:
+            return
         while True:
             await asyncio.sleep(settings.CHAT_FLUSH_INTERVAL)
-            changed = self._length != self._flushed_length
-            content = self._content() if changed else None
-            self._flushed_length = self._length
-            try:
-                await run_db(
-                    services.message_flush,
-                    message_id=self.message_id,
-                    content=content,
-                    ttft_ms=self._ttft_ms,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # A missed flush costs only freshness; the final write carries all.
-                log_event(
-                    logger,
-                    "generation_flush_failed",
-                    level=logging.ERROR,
-                    exc_info=True,
-                    message_id=self.message_id,
-                )
-            if abandon_after and await self._log.idle_seconds(self.message_id) > abandon_after:
+            if await self._log.idle_seconds(self.message_id) > abandon_after:
                 log_event(logger, "generation_abandoned", message_id=self.message_id)
                 self.cancel("interrupted")
                 return

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -664,6 +664,22 @@ def _generation_plan(*, conversation: Conversation, assistant: Message) -> Gener
 
 
 # --- The generation's writes -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """A running answer's state to save: its text (None: unchanged) and time to first token."""
+
+    message_id: uuid.UUID
+    content: str | None
+    ttft_ms: int | None
+
+
+@transaction.atomic
+def message_flush_many(*, flushes: Sequence[Flush]) -> None:
+    """Save several running answers in one transaction (one commit for all of them)."""
+    for flush in flushes:
+        message_flush(message_id=flush.message_id, content=flush.content, ttft_ms=flush.ttft_ms)
 
 
 def message_flush(*, message_id: uuid.UUID, content: str | None, ttft_ms: int | None) -> None:

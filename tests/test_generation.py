@@ -128,6 +128,41 @@ async def test_database_writes_are_per_flush_interval_not_per_token(
     assert updates["update"] <= flushes["message_flush"] + finishes["message_finish"] + 2
 
 
+async def test_the_answers_of_a_process_are_flushed_together_in_one_transaction(
+    api: ChatApi, scripted: ScriptedProvider, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.CHAT_FLUSH_INTERVAL = 0.05
+    settings.CHAT_MAX_CONCURRENT_STREAMS = 5
+    batches: list[list[services.Flush]] = []
+    original = services.message_flush_many
+
+    def recorded(*, flushes: Any) -> None:
+        batches.append(list(flushes))
+        original(flushes=flushes)
+
+    monkeypatch.setattr(services, "message_flush_many", recorded)
+    gate = asyncio.Event()
+    scripted.script = ["Some ", "words", gate, " and the end", Usage(2, 3), Finish("stop")]
+    messages = [await api.ask(f"Question {n}", model=scripted.model_id) for n in range(3)]
+    ids = {uuid.UUID(message["id"]) for message in messages}
+
+    async def all_saved() -> bool:
+        rows = await sync_to_async(list)(Message.objects.filter(id__in=ids, content="Some words"))
+        return len(rows) == 3
+
+    await eventually(all_saved)
+    await asyncio.sleep(0.2)  # a few more ticks while all three wait
+    gate.set()
+    for message in messages:
+        assert (await api.finished(message["id"]))["content"] == "Some words and the end"
+
+    together = [batch for batch in batches if {f.message_id for f in batch} == ids]
+    assert len(together) >= 3, "each tick saves the three answers in one batch"
+    # Text is only sent again when it grew; the heartbeat goes with every flush.
+    unchanged = [f for batch in together[1:] for f in batch if f.content is None]
+    assert unchanged
+
+
 async def test_the_stored_text_follows_the_stream_between_flushes(
     api: ChatApi, scripted: ScriptedProvider, settings: Any
 ) -> None:
