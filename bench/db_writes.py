@@ -54,9 +54,10 @@ def watch(sender: Any, connection: Any, **kwargs: Any) -> None:
 
 
 async def main() -> None:
+    # Before any thread opens its connection: the generation's threads keep theirs.
+    connection_created.connect(watch)
     user = await User.objects.acreate(username="bench")
     conversation = await run_db(services.conversation_create, user=user)
-    connection_created.connect(watch)
     writes.clear()
     started = time.monotonic()
     _, assistant, plan = await run_db(

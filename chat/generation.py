@@ -85,7 +85,14 @@ class _FlushTimer:
     async def _run(self) -> None:
         while self.generations:
             await asyncio.sleep(settings.CHAT_FLUSH_INTERVAL)
-            flushes = [g.flush_state() for g in list(self.generations) if not g.finishing]
+            # An answer younger than one interval waits for the next tick: each is
+            # saved at most once per interval of its life, wherever the ticks fall.
+            born_before = time.monotonic() - settings.CHAT_FLUSH_INTERVAL
+            flushes = [
+                g.flush_state()
+                for g in list(self.generations)
+                if not g.finishing and g.started <= born_before
+            ]
             if not flushes:
                 continue
             try:
@@ -386,6 +393,10 @@ class Generation:
     @property
     def finishing(self) -> bool:
         return self._finishing
+
+    @property
+    def started(self) -> float:
+        return self._started
 
     def flush_state(self) -> services.Flush:
         """What the next flush saves: the text when it grew since the last, and ttft."""
