@@ -25,7 +25,7 @@ from django.core.cache.backends.redis import RedisCache
 
 from chat import generation
 from chat.db import release_connections
-from chat.providers import registry
+from chat.providers import registry, upstream
 from chat.providers.base import Provider
 from chat.streams import get_stream_log
 from tests.helpers import ChatApi, ScriptedProvider, async_client
@@ -125,6 +125,7 @@ async def _isolated_generations(_redis_namespace: redis.Redis | None) -> AsyncIt
         await asyncio.wait(tasks, timeout=5)
     await get_stream_log().aclose()
     get_stream_log.cache_clear()
+    await upstream.close_http_clients()
     # The test client keeps the connection of the thread its async views run in (to keep
     # a test's transaction); no connection may outlive its test, or the test database
     # cannot be dropped at the end.

@@ -48,6 +48,7 @@ class AnthropicProvider(Provider):
                 base_url=self._base_url,
                 timeout=upstream.client_timeout(),
                 max_retries=0,  # Regenerate is the retry
+                http_client=upstream.http_client(anthropic.DefaultAioHttpClient),
             )
         return client
 
@@ -107,6 +108,8 @@ class AnthropicProvider(Provider):
 
     def _error(self, error: Exception) -> ProviderError:
         upstream.log_failure(self.name, error, self._api_key)
+        if failure := upstream.transport_failure(error):
+            return failure
         if isinstance(error, anthropic.APITimeoutError | httpx2.TimeoutException):
             return upstream.timed_out()
         if isinstance(error, anthropic.APIConnectionError | httpx2.HTTPError):

@@ -59,6 +59,7 @@ class OpenAIProvider(Provider):
                 timeout=upstream.client_timeout(),
                 # Regenerate is the retry: the SDK's would sleep while the user watches.
                 max_retries=0,
+                http_client=upstream.http_client(openai.DefaultAioHttpClient),
             )
         return client
 
@@ -112,6 +113,8 @@ class OpenAIProvider(Provider):
 
     def _error(self, error: Exception) -> ProviderError:
         upstream.log_failure(self.name, error, self._api_key)
+        if failure := upstream.transport_failure(error):
+            return failure
         if isinstance(error, openai.APITimeoutError | httpx2.TimeoutException):
             return upstream.timed_out()
         if isinstance(error, openai.APIConnectionError | httpx2.HTTPError):
