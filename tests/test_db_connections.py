@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from asgiref.testing import ApplicationCommunicator
+from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
 from django.db.backends.signals import connection_created
 
@@ -126,3 +128,61 @@ async def test_with_sqlite_the_generation_reuses_its_connections_across_flushes(
         connection_created.disconnect(count)
     # Each of the pool's threads opened its connection once at most, however many flushes.
     assert len(opened) == len(set(opened)) <= generation._db_pool._max_workers
+
+
+def _stream_scope(message_id: str, cookie: str) -> dict[str, Any]:
+    path = f"/api/messages/{message_id}/stream"
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"cookie", cookie.encode())],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+
+
+async def test_an_open_event_stream_keeps_no_thread_of_its_own(
+    api: ChatApi, scripted: ScriptedProvider, settings: Any
+) -> None:
+    # Django's ASGI handler gives every request a thread for its sync work, kept until
+    # the response ends; a stream gives its own back once the view's queries are done,
+    # and again after each look at the database while the answer is silent.
+    settings.CHAT_PING_INTERVAL = 0.05
+    gate = asyncio.Event()
+    scripted.script = ["Half", gate, " done", Finish("stop")]
+    message = await api.ask(model=scripted.model_id)
+    cookie = (
+        f"{settings.SESSION_COOKIE_NAME}={api.client.cookies[settings.SESSION_COOKIE_NAME].value}"
+    )
+    before = threading.active_count()
+    handler = ASGIHandler()
+    streams = [
+        ApplicationCommunicator(handler, _stream_scope(message["id"], cookie)) for _ in range(4)
+    ]
+    try:
+        for stream in streams:
+            await stream.send_input({"type": "http.request"})
+            assert (await stream.receive_output(5))["status"] == 200
+            assert (await stream.receive_output(5))["body"].startswith(b"retry:")
+        received = [b"" for _ in streams]
+        for i, stream in enumerate(streams):
+            while b": ping" not in received[i]:
+                received[i] += (await stream.receive_output(5))["body"]
+        # Four open streams, silent and pinging: no thread each.
+        await eventually(lambda: threading.active_count() <= before + 1)
+        gate.set()
+        for i, stream in enumerate(streams):
+            while b"event: final" not in received[i]:
+                received[i] += (await stream.receive_output(5)).get("body", b"")
+            assert b"Half" in received[i] and b" done" in received[i]
+    finally:
+        for stream in streams:
+            await stream.send_input({"type": "http.disconnect"})
+            await stream.wait(5)
