@@ -18,14 +18,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 Result = dict[str, Any]
-RELAYS = ("raw", "naive", "app", "app-redis")
+RELAYS = ("raw", "naive", "naive-parsed", "app", "app-redis")
 LABEL = {
     "raw": "raw ASGI (limit)",
     "naive": "naive Django view",
+    "naive-parsed": "naive Django view on the app's provider",
     "app": "app, in-process log",
     "app-redis": "app, Redis log",
 }
-COLOR = {"raw": "#4c72b0", "naive": "#dd8452", "app": "#55a868", "app-redis": "#8172b3"}
+COLOR = {
+    "raw": "#4c72b0",
+    "naive": "#dd8452",
+    "naive-parsed": "#c44e52",
+    "app": "#55a868",
+    "app-redis": "#8172b3",
+}
 
 
 def num(value: float | None, digits: int = 1) -> str:

@@ -11,6 +11,7 @@ reported beside the server's so that it shows they were not the bottleneck. Rela
 
 - `raw`: bench/baselines/raw_relay.py, the limit (ASGI, httpx2, json, one event a token);
 - `naive`: bench/baselines/naive_relay.py, a tutorial's Django view (one event a token);
+- `naive-parsed`: the same view reading the upstream through the app's own provider;
 - `app`, `app-redis`: the app (bench/app_asgi.py), with the in-process or the Redis log.
 
 Every stream is a 500-token answer. Phases per configuration: warm-up; idle streams (RSS);
@@ -105,7 +106,8 @@ class Mode:
     phases: frozenset[str] = frozenset(PHASES)
 
 
-ALL = tuple((s, r) for s in ("daphne", "uvicorn") for r in ("raw", "naive", "app", "app-redis"))
+RELAYS = ("raw", "naive", "naive-parsed", "app", "app-redis")
+ALL = tuple((s, r) for s in ("daphne", "uvicorn") for r in RELAYS)
 MODES = {
     # Under 3 minutes: everything on daphne (the Procfile's server), the limit and the
     # app on uvicorn; coarse ramps and short windows.
@@ -131,7 +133,7 @@ MODES = {
         window=5.0,
         delay=0.5,
         stagger=3.0,
-        ramp=frozenset({"raw", "naive", "app", "app-redis"}),
+        ramp=frozenset({"raw", "naive", "naive-parsed", "app", "app-redis"}),
         ws=frozenset({"app", "app-redis"}),
         ws_ramp=True,
         ws_fast=True,
@@ -831,12 +833,15 @@ def relay_module(relay: str) -> str:
     return {
         "raw": "bench.baselines.raw_relay:application",
         "naive": "bench.baselines.naive_relay:application",
+        "naive-parsed": "bench.baselines.naive_relay:application",
     }.get(relay, "bench.app_asgi:application")
 
 
 def config_env(ctx: Context, server: str, relay: str) -> dict[str, str]:
     env = dict(ctx.app_env)
     env["UPSTREAM_URL"] = env["OPENAI_BASE_URL"]
+    if relay == "naive-parsed":
+        env["NAIVE_PARSER"] = "app"
     if relay.startswith("app"):
         database = ctx.workdir / f"{server}-{relay}.sqlite3"
         shutil.copyfile(ctx.workdir / "template.sqlite3", database)
@@ -1057,7 +1062,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
     parser.add_argument("--servers", help="comma list: daphne,uvicorn")
-    parser.add_argument("--relays", help="comma list: raw,naive,app,app-redis")
+    parser.add_argument("--relays", help=f"comma list: {','.join(RELAYS)}")
     parser.add_argument(
         "--profile",
         metavar="SERVER:RELAY",
@@ -1084,7 +1089,7 @@ def main() -> None:
     configs = mode.configs
     if args.servers or args.relays:
         servers = args.servers.split(",") if args.servers else ("daphne", "uvicorn")
-        relays = args.relays.split(",") if args.relays else ("raw", "naive", "app", "app-redis")
+        relays = args.relays.split(",") if args.relays else RELAYS
         configs = tuple(c for c in ALL if c[0] in servers and c[1] in relays)
     if args.profile:
         server, relay = args.profile.split(":")
