@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -29,15 +29,56 @@ def _redis_or_skip() -> None:
 
 
 @pytest.fixture
-async def log() -> AsyncIterator[RedisStreamLog]:
+def prefix() -> Iterator[str]:
     _redis_or_skip()
     prefix = f"chat-test-{secrets.token_hex(4)}:"
-    log = RedisStreamLog(REDIS, prefix=prefix, retention=60, max_lifetime=60)
-    yield log
-    await log.aclose()
+    yield prefix
     client = redis.Redis.from_url(REDIS)
     for key in client.scan_iter(f"{prefix}*"):
         client.delete(key)
+
+
+@pytest.fixture
+async def log(prefix: str) -> AsyncIterator[RedisStreamLog]:
+    """The log as the process that runs the generations sees it."""
+    log = RedisStreamLog(REDIS, prefix=prefix, retention=60, max_lifetime=60)
+    yield log
+    await log.aclose()
+
+
+@pytest.fixture
+async def other(prefix: str) -> AsyncIterator[RedisStreamLog]:
+    """The same log as another process sees it: everything it reads comes from Redis."""
+    log = RedisStreamLog(REDIS, prefix=prefix, retention=60, max_lifetime=60)
+    yield log
+    await log.aclose()
+
+
+class RedisCalls:
+    """Counts the commands sent to Redis, by name, pipelined or not."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from redis.asyncio.client import Pipeline, Redis
+
+        self.commands: list[str] = []
+        self.round_trips = 0
+        execute, command = Pipeline.execute, Redis.execute_command
+
+        async def counted_execute(pipe: Pipeline, raise_on_error: bool = True) -> Any:
+            self.round_trips += 1
+            self.commands += [str(args[0]) for args, _options in pipe.command_stack]
+            return await execute(pipe, raise_on_error)
+
+        async def counted_command(client: Redis, *args: Any, **options: Any) -> Any:
+            self.round_trips += 1
+            self.commands.append(str(args[0]))
+            return await command(client, *args, **options)
+
+        monkeypatch.setattr(Pipeline, "execute", counted_execute)
+        monkeypatch.setattr(Redis, "execute_command", counted_command)
+
+    def count(self, name: str) -> int:
+        return self.commands.count(name)
 
 
 async def _flushed(log: RedisStreamLog, message_id: uuid.UUID, length: int) -> None:
@@ -48,25 +89,29 @@ async def _flushed(log: RedisStreamLog, message_id: uuid.UUID, length: int) -> N
     await eventually(arrived, timeout=3)
 
 
-async def test_any_position_resumes_even_inside_a_frame(log: RedisStreamLog) -> None:
+@pytest.mark.parametrize("where", ["generating process", "other process"])
+async def test_any_position_resumes_even_inside_a_frame(
+    log: RedisStreamLog, other: RedisStreamLog, where: str
+) -> None:
+    reader = log if where == "generating process" else other
     message_id = uuid.uuid4()
-    assert await log.read(message_id, 0, 0) is None  # unknown until opened
+    assert await reader.read(message_id, 0, 0) is None  # unknown until opened
     log.open(message_id)
     for frame in ["Hello", ", wor", "ld ✨\r\n", "data: x"]:
         log.append(message_id, frame)
     whole = "Hello, world ✨\r\ndata: x"
-    await _flushed(log, message_id, len(whole))
+    await _flushed(reader, message_id, len(whole))
 
     for after in range(len(whole)):
-        chunk = await log.read(message_id, after, 0)
+        chunk = await reader.read(message_id, after, 0)
         assert chunk is not None
         assert (chunk.text, chunk.end, chunk.outcome) == (whole[after:], len(whole), None)
 
-    beyond = await log.read(message_id, len(whole) + 1, 0)
+    beyond = await reader.read(message_id, len(whole) + 1, 0)
     assert beyond is not None and beyond.beyond
 
     await log.finish(message_id, DONE, "<p>html</p>")
-    ended = await log.read(message_id, len(whole), 0)
+    ended = await reader.read(message_id, len(whole), 0)
     assert ended is not None
     assert (ended.text, ended.end, ended.outcome, ended.html) == (
         "",
@@ -75,28 +120,34 @@ async def test_any_position_resumes_even_inside_a_frame(log: RedisStreamLog) -> 
         "<p>html</p>",
     )
     # Past the text (the client saw `usage`), only the outcome remains.
-    past = await log.read(message_id, len(whole) + 3, 0)
+    past = await reader.read(message_id, len(whole) + 3, 0)
     assert past is not None and past.outcome == DONE and past.text == ""
 
 
-async def test_only_a_finished_stream_can_be_expired_at_once(log: RedisStreamLog) -> None:
+async def test_only_a_finished_stream_can_be_expired_at_once(
+    log: RedisStreamLog, other: RedisStreamLog
+) -> None:
     message_id = uuid.uuid4()
     log.open(message_id)
     log.append(message_id, "still going")
-    await _flushed(log, message_id, len("still going"))
+    await _flushed(other, message_id, len("still going"))
     await log.expire(message_id)
     assert await log.read(message_id, 0, 0) is not None
+    assert await other.read(message_id, 0, 0) is not None
 
     await log.finish(message_id, DONE, "")
     await log.expire(message_id)
     assert await log.read(message_id, 0, 0) is None
+    assert await other.read(message_id, 0, 0) is None
 
 
-async def test_a_waiting_reader_wakes_at_the_next_frame(log: RedisStreamLog) -> None:
+async def test_a_waiting_reader_wakes_at_the_next_frame(
+    log: RedisStreamLog, other: RedisStreamLog
+) -> None:
     message_id = uuid.uuid4()
     log.open(message_id)
-    await _flushed(log, message_id, 0)
-    waiting = asyncio.create_task(log.read(message_id, 0, 10))
+    await _flushed(other, message_id, 0)
+    waiting = asyncio.create_task(other.read(message_id, 0, 10))
     await asyncio.sleep(0.1)
     assert not waiting.done()
     started = asyncio.get_running_loop().time()
@@ -107,29 +158,19 @@ async def test_a_waiting_reader_wakes_at_the_next_frame(log: RedisStreamLog) -> 
 
 
 async def test_a_following_reader_asks_redis_once_per_frame(
-    log: RedisStreamLog, monkeypatch: pytest.MonkeyPatch
+    log: RedisStreamLog, other: RedisStreamLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A reader back for what follows the frame it just read waits for the next wake-up
-    rather than asking Redis at once for a frame that is not there yet."""
-    from redis.asyncio.client import Pipeline
-
+    """A reader in another process, back for what follows the frame it just read, waits
+    for the next wake-up rather than asking Redis at once for a frame not there yet."""
     message_id = uuid.uuid4()
     log.open(message_id)
-    await _flushed(log, message_id, 0)
-    reads = 0
-    execute = Pipeline.execute
-
-    async def counted(self: Pipeline, raise_on_error: bool = True) -> Any:
-        nonlocal reads
-        reads += any(args[0] == "XRANGE" for args, _options in self.command_stack)
-        return await execute(self, raise_on_error)
-
-    monkeypatch.setattr(Pipeline, "execute", counted)
+    await _flushed(other, message_id, 0)
+    calls = RedisCalls(monkeypatch)
 
     async def follow() -> str:
         text, position = "", 0
         while len(text) < len("first-mid-last."):
-            chunk = await log.read(message_id, position, 5)
+            chunk = await other.read(message_id, position, 5)
             assert chunk is not None
             text, position = text + chunk.text, chunk.end
         return text
@@ -139,40 +180,104 @@ async def test_a_following_reader_asks_redis_once_per_frame(
         await asyncio.sleep(0.1)  # the reader has its frame and waits for the next
         log.append(message_id, frame)
     assert await asyncio.wait_for(reader, 3) == "first-mid-last."
-    assert reads == 4  # one per frame, and the first, which found nothing yet
+    assert calls.count("XRANGE") == 4  # one per frame, and the first, which found nothing yet
 
 
-async def test_a_silent_read_returns_empty_after_its_wait(log: RedisStreamLog) -> None:
+@pytest.mark.parametrize("where", ["generating process", "other process"])
+async def test_a_silent_read_returns_empty_after_its_wait(
+    log: RedisStreamLog, other: RedisStreamLog, where: str
+) -> None:
+    reader = log if where == "generating process" else other
     message_id = uuid.uuid4()
     log.open(message_id)
-    await _flushed(log, message_id, 0)
-    chunk = await log.read(message_id, 0, 0.2)
+    await _flushed(reader, message_id, 0)
+    chunk = await reader.read(message_id, 0, 0.2)
     assert chunk is not None and (chunk.text, chunk.end, chunk.outcome) == ("", 0, None)
 
 
-async def test_stop_is_broadcast_to_the_handler(log: RedisStreamLog) -> None:
+async def test_stop_is_broadcast_to_the_handler(log: RedisStreamLog, other: RedisStreamLog) -> None:
     received: list[uuid.UUID] = []
     log.cancel_handler = received.append
     message_id = uuid.uuid4()
     log.open(message_id)  # starts the subscription
-    await _flushed(log, message_id, 0)
-    await log.broadcast_cancel(message_id)
+    await _flushed(other, message_id, 0)
+    await other.broadcast_cancel(message_id)
     await eventually(lambda: received == [message_id], timeout=3)
 
 
-async def test_presence_of_a_reader_resets_the_idle_clock(log: RedisStreamLog) -> None:
+@pytest.mark.parametrize("where", ["generating process", "other process"])
+async def test_presence_of_a_reader_resets_the_idle_clock(
+    log: RedisStreamLog, other: RedisStreamLog, where: str
+) -> None:
+    reader = log if where == "generating process" else other
     message_id = uuid.uuid4()
     log.open(message_id)
+    await _flushed(other, message_id, 0)
     await asyncio.sleep(0.2)
     assert await log.idle_seconds(message_id) >= 0.2
-    async with log.reading(message_id):
+    async with reader.reading(message_id):
         await asyncio.sleep(0.05)
         assert await log.idle_seconds(message_id) == 0.0
-        async with log.reading(message_id):
+        async with reader.reading(message_id):
             await asyncio.sleep(0.05)
         assert await log.idle_seconds(message_id) == 0.0  # one reader is still there
     # The clock restarted when the last reader left, not when its mark would go stale.
     assert 0.0 < await log.idle_seconds(message_id) < 0.2
+
+
+async def test_readers_in_the_generating_process_cost_redis_nothing(
+    log: RedisStreamLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message_id = uuid.uuid4()
+    log.open(message_id)
+    await _flushed(log, message_id, 0)
+    calls = RedisCalls(monkeypatch)
+    frames = [f"word{i} " for i in range(20)]
+
+    async def follow() -> str:
+        text, position = "", 0
+        async with log.reading(message_id):
+            while True:
+                chunk = await log.read(message_id, position, 5)
+                assert chunk is not None
+                text, position = text + chunk.text, chunk.end
+                # The generation's check for readers (once a flush interval) too.
+                assert await log.idle_seconds(message_id) == 0.0
+                if chunk.outcome is not None:
+                    return text
+
+    reader = asyncio.create_task(follow())
+    for frame in frames:
+        await asyncio.sleep(0.005)
+        log.append(message_id, frame)
+    await log.finish(message_id, DONE, "")
+    assert await asyncio.wait_for(reader, 3) == "".join(frames)
+    reads = ("XRANGE", "XREVRANGE", "XREAD", "HSET", "HDEL", "HGETALL")
+    assert [name for name in calls.commands if name in reads] == []
+    # The writer still keeps Redis current for the other processes: the text in fewer
+    # entries than frames (one per tick), then the outcome.
+    assert 2 <= calls.count("XADD") < len(frames)
+
+
+async def test_a_tick_of_frames_is_one_round_trip_for_every_answer(
+    log: RedisStreamLog, other: RedisStreamLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = [uuid.uuid4() for _ in range(3)]
+    for message_id in answers:
+        log.open(message_id)
+    for message_id in answers:
+        await _flushed(other, message_id, 0)
+    calls = RedisCalls(monkeypatch)
+    for i in range(50):
+        for message_id in answers:
+            log.append(message_id, f"{i},")
+    whole = "".join(f"{i}," for i in range(50))
+    for message_id in answers:
+        await _flushed(other, message_id, len(whole))
+        chunk = await other.read(message_id, 7, 0)  # inside the joined entry
+        assert chunk is not None and chunk.text == whole[7:]
+    # One pipeline for 150 frames: an entry per answer and one wake-up for all three.
+    assert (calls.count("XADD"), calls.count("PUBLISH")) == (3, 1)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -208,14 +313,14 @@ def test_readiness_reports_redis(client: Any, settings: Any) -> None:
 
 
 async def test_a_reader_told_to_expect_an_answer_gets_its_first_text_as_it_is_written(
-    log: RedisStreamLog,
+    log: RedisStreamLog, other: RedisStreamLog
 ) -> None:
     message_id = uuid.uuid4()
     # Unknown, and not expected: the reader learns it at once and asks the database.
-    assert await log.read(message_id, 0, 2.0) is None
+    assert await other.read(message_id, 0, 2.0) is None
 
     loop = asyncio.get_running_loop()
-    reading = asyncio.create_task(log.read(message_id, 0, 5.0, expected=True))
+    reading = asyncio.create_task(other.read(message_id, 0, 5.0, expected=True))
     await asyncio.sleep(0.1)
     assert not reading.done(), "an expected answer is waited for"
     written = loop.time()

@@ -53,6 +53,10 @@ class MemoryStreamLog(StreamLog):
     def open(self, message_id: UUID) -> None:
         self._entries[message_id] = _Entry()
 
+    def holds(self, message_id: UUID) -> bool:
+        """True while this log has the message (from its open to its retention's end)."""
+        return message_id in self._entries
+
     def append(self, message_id: UUID, text: str) -> None:
         entry = self._entries[message_id]
         if not text or entry.outcome is not None:

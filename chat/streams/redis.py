@@ -6,10 +6,14 @@ event ids are: a text frame ending at position E has id `E-0` and carries its st
 `final` event's id). A reader at position P asks for the entries after `P-0`, and the
 first one it gets contains P, so any position resumes without the writer's help.
 
-Writes never block the generation: `append` queues the frame and one background writer
-sends everything queued in one pipelined round trip, with one PUBLISH per message to
-wake readers in every process. Readers wait on a per-process subscription, not on a
-blocking read per reader. Stop travels on a second channel.
+The process that runs a generation also keeps its frames in memory (an in-process log)
+and serves its own readers from there: they cost Redis nothing. Writes never block the
+generation: `append` queues the frame, and one background writer per process sends what
+all its answers queued in one pipelined round trip at most every `WRITE_TICK` seconds
+(at once when it was idle), an answer's frames of one tick joined into one entry, with
+one PUBLISH naming the answers to wake readers in the other processes. Those wait on a
+per-process subscription, not on a blocking read per reader. Stop travels on a second
+channel.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 from uuid import UUID, uuid4
 
 import redis.asyncio as aioredis
@@ -30,6 +34,7 @@ from redis.typing import EncodableT, FieldT
 
 from chat.events import FINAL_OFFSET, Outcome
 from chat.streams.base import Chunk, LogUnavailable, StreamLog
+from chat.streams.memory import MemoryStreamLog
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,10 @@ PRESENCE_EVERY = 5.0
 LEFT = "left"
 # Longest single wait for a wake-up; a missed one costs at most this much delay.
 WAKE_SLICE = 5.0
+# The writer's round trips are at least this far apart: under load, one carries the
+# frames of every answer of the process. Readers in other processes see a frame at most
+# this much later; the generating process's own readers, at once.
+WRITE_TICK = 0.02
 
 Fields = dict[FieldT, EncodableT]
 Op = tuple[str, str, Fields, asyncio.Future[None] | None]
@@ -66,8 +75,9 @@ class RedisStreamLog(StreamLog):
         self._redis = aioredis.Redis.from_url(
             self._url, decode_responses=True, socket_timeout=10, socket_connect_timeout=2
         )
+        # The answers this process generates, for its own readers.
+        self._local = MemoryStreamLog()
         self._lengths: dict[UUID, int] = {}
-        self._opened: dict[UUID, float] = {}
         self._queue: list[Op] = []
         self._queued = asyncio.Event()
         self._wakers: dict[str, asyncio.Event] = {}
@@ -83,13 +93,14 @@ class RedisStreamLog(StreamLog):
 
     def open(self, message_id: UUID) -> None:
         self._state()
+        self._local.open(message_id)
         self._lengths[message_id] = 0
-        self._opened[message_id] = time.monotonic()
         self._enqueue(message_id, "0-1", {"open": "1"})
 
     def append(self, message_id: UUID, text: str) -> None:
         if not text:
             return
+        self._local.append(message_id, text)
         start = self._lengths[message_id]
         end = start + len(text)
         self._lengths[message_id] = end
@@ -97,12 +108,15 @@ class RedisStreamLog(StreamLog):
 
     async def finish(self, message_id: UUID, outcome: Outcome, html: str) -> None:
         length = self._lengths.pop(message_id, 0)
-        self._opened.pop(message_id, None)
         fields: Fields = {"o": json.dumps(dataclasses.asdict(outcome)), "h": html, "n": length}
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(message_id, f"{length + FINAL_OFFSET}-0", fields, done)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done, 5.0)
+        # Last, as the in-process log does it: a reader given the end finds the
+        # generation over, in every process.
+        if self._local.holds(message_id):
+            await self._local.finish(message_id, outcome, html)
 
     def _enqueue(
         self,
@@ -115,13 +129,19 @@ class RedisStreamLog(StreamLog):
         self._queued.set()
 
     async def _write_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = -WRITE_TICK
         while True:
             await self._queued.wait()
+            pause = last + WRITE_TICK - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
             self._queued.clear()
-            ops, self._queue = self._queue, []
+            ops, self._queue = _joined(self._queue), []
+            last = loop.time()
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    woken = set()
+                    woken: dict[str, None] = {}
                     for message_id, entry_id, fields, done in ops:
                         key = self._key(message_id)
                         pipe.xadd(key, fields, id=entry_id)
@@ -129,9 +149,8 @@ class RedisStreamLog(StreamLog):
                             pipe.expire(key, self._max_lifetime + self._retention)
                         elif done is not None:
                             pipe.expire(key, self._retention)
-                        woken.add(message_id)
-                    for message_id in woken:
-                        pipe.publish(f"{self._prefix}wake", message_id)
+                        woken[message_id] = None
+                    pipe.publish(f"{self._prefix}wake", " ".join(woken))
                     await pipe.execute()
             except RedisError:
                 # Readers fall back to the database, which the generation keeps current.
@@ -151,13 +170,14 @@ class RedisStreamLog(StreamLog):
                     async for item in pubsub.listen():
                         if item.get("type") != "message":
                             continue
-                        message_id = str(item["data"])
                         if item["channel"] == wake:
-                            waker = self._wakers.pop(message_id, None)
-                            if waker is not None:
-                                waker.set()
+                            if self._wakers:
+                                for message_id in str(item["data"]).split():
+                                    waker = self._wakers.pop(message_id, None)
+                                    if waker is not None:
+                                        waker.set()
                         elif self.cancel_handler is not None:
-                            self.cancel_handler(UUID(message_id))
+                            self.cancel_handler(UUID(str(item["data"])))
             except RedisError:
                 logger.warning("stream log subscription lost; retrying", exc_info=True)
                 # Wake every waiting reader: they re-read rather than miss a frame.
@@ -179,6 +199,7 @@ class RedisStreamLog(StreamLog):
 
     async def expire(self, message_id: UUID) -> None:
         self._state()
+        await self._local.expire(message_id)
         key = self._key(message_id)
         last = await self._redis.xrevrange(key, "+", "-", count=1)
         if last and "o" in (last[0][1] or {}):
@@ -199,6 +220,10 @@ class RedisStreamLog(StreamLog):
         self, message_id: UUID, after: int, wait: float, *, expected: bool = False
     ) -> Chunk | None:
         self._state()
+        if self._local.holds(message_id):
+            local = await self._local.read(message_id, after, wait, expected=expected)
+            if local is not None:
+                return local
         key = self._key(message_id)
         deadline = time.monotonic() + wait
         # A reader comes back for what follows the text it just read. While the waker taken
@@ -248,6 +273,12 @@ class RedisStreamLog(StreamLog):
 
     async def idle_seconds(self, message_id: UUID) -> float:
         self._state()
+        # The generation asks where it runs: this process's readers are counted in
+        # memory (their clock starts at its open, or at the last one's departure), the
+        # other processes' ones by their marks.
+        here = await self._local.idle_seconds(message_id)
+        if self._local.holds(message_id) and not here:
+            return 0.0
         try:
             marks = await self._redis.hgetall(self._presence_key(message_id))
         except RedisError:
@@ -258,14 +289,18 @@ class RedisStreamLog(StreamLog):
         if any(now - mark < 2 * PRESENCE_EVERY for mark in seen):
             return 0.0
         last = max([left, *seen])
-        if last:
-            return now - last
-        opened = self._opened.get(message_id)
-        return 0.0 if opened is None else time.monotonic() - opened
+        if self._local.holds(message_id):
+            return min(now - last, here) if last else here
+        return now - last if last else 0.0
 
     @contextlib.asynccontextmanager
     async def reading(self, message_id: UUID) -> AsyncIterator[None]:
         self._state()
+        if self._local.holds(message_id):
+            # Its generation runs in this process and looks here first.
+            async with self._local.reading(message_id):
+                yield
+            return
         key = self._presence_key(message_id)
         reader = uuid4().hex
 
@@ -292,6 +327,30 @@ class RedisStreamLog(StreamLog):
 
     def _presence_key(self, message_id: UUID) -> str:
         return f"{self._prefix}seen:{message_id}"
+
+
+def _joined(ops: list[Op]) -> list[Op]:
+    """The queue with each run of an answer's text frames joined into one entry.
+
+    An entry says where its text starts, and a reader resumes inside any entry: the
+    joined frame serves every position its parts did.
+    """
+    out: list[Op] = []
+    tails: dict[str, int] = {}  # message -> index in `out` of its last text frame
+    for op in ops:
+        message_id, entry_id, fields, _ = op
+        index = tails.get(message_id)
+        if "t" in fields and index is not None:
+            _, _, head, _ = out[index]
+            text = cast(str, head["t"]) + cast(str, fields["t"])  # queued by `append`
+            joined: Fields = {"s": head["s"], "t": text}
+            out[index] = (message_id, entry_id, joined, None)
+            continue
+        tails.pop(message_id, None)
+        if "t" in fields:
+            tails[message_id] = len(out)
+        out.append(op)
+    return out
 
 
 def _chunk(entries: list[Any], last: Any, after: int) -> Chunk | None:

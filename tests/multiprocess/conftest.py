@@ -151,13 +151,11 @@ def cluster(services: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path_factory.mktemp("prometheus")),
         METRICS_TOKEN=secrets.token_urlsafe(16),
     )
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--no-input", "-v0"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=180,
-    )
+    # The servers run as in production: pages link the collected, hashed static files.
+    for command in (["migrate", "--no-input", "-v0"], ["collectstatic", "--no-input", "-v0"]):
+        subprocess.run(
+            [sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, timeout=180
+        )
     running = Cluster(env, upstream, tmp_path_factory.mktemp("cluster"), [])
     try:
         yield running
