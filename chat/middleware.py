@@ -10,7 +10,7 @@ from django.http.response import HttpResponseBase
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 
-class StaticFilesMiddleware(WhiteNoiseMiddleware):
+class StaticFilesMiddleware(WhiteNoiseMiddleware):  # type: ignore[misc]  # untyped
     """WhiteNoise, able to run on the event loop.
 
     WhiteNoise's middleware is synchronous only. Under ASGI, Django then runs every
@@ -44,4 +44,5 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
         if static_file is None:
             response: HttpResponseBase = await self.get_response(request)
             return response
-        return await sync_to_async(self.serve)(static_file, request)
+        served: HttpResponseBase = await sync_to_async(self.serve)(static_file, request)
+        return served
