@@ -96,6 +96,10 @@ def install_redis_counter() -> None:
         _bump("redis_awaited")
         _bump("redis_pipeline")
         _bump("redis_pipelined_commands", len(self.command_stack))
+        if any(queued[0][0] == "XADD" for queued in self.command_stack):
+            # The stream log's writer: one round trip per tick for all of a process's
+            # answers, however many tokens they carry.
+            _bump("redis_log_writes")
         for queued in self.command_stack:
             _bump(f"redis_pipelined:{queued[0][0]}")
         return await execute(self, raise_on_error)

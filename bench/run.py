@@ -359,6 +359,13 @@ def counter_delta(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return delta
 
 
+def _path_calls(counts: dict[str, int], tokens: int) -> float | None:
+    """Awaited Redis calls other than the log writer's (its round trips are per tick)."""
+    if not tokens:
+        return None
+    return (counts.get("redis_awaited", 0) - counts.get("redis_log_writes", 0)) / tokens
+
+
 def loop_stalls(counts: dict[str, int]) -> dict[str, float]:
     """How often the server's event loop woke a 5 ms sleeper late, and the worst case."""
     checks = counts.get("loop_checks", 0)
@@ -667,7 +674,9 @@ class Bench:
             "per_token": {
                 key: counts.get(key, 0) / tokens if tokens else None
                 for key in ("redis_awaited", "redis_pipelined_commands", "redis_pubsub_received")
-            },
+            }
+            | {"redis_awaited_path": _path_calls(counts, tokens)},
+            "redis_log_writes_per_s": counts.get("redis_log_writes", 0) / use["seconds"],
             "upstream_lag_ms": lag,
             "errors": phase.errors[:5],
         }
@@ -806,7 +815,9 @@ class Bench:
             "per_token": {
                 key: counts.get(key, 0) / tokens if tokens else None
                 for key in ("redis_awaited", "redis_pipelined_commands", "redis_pubsub_received")
-            },
+            }
+            | {"redis_awaited_path": _path_calls(counts, tokens)},
+            "redis_log_writes_per_s": counts.get("redis_log_writes", 0) / use["seconds"],
             "db_writes_per_s": counts.get("db_write", 0) / use["seconds"],
             "loop_stalls": loop_stalls(counts),
             "upstream_lag_ms": lag,

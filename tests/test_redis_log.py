@@ -332,3 +332,20 @@ async def test_a_reader_told_to_expect_an_answer_gets_its_first_text_as_it_is_wr
     # Woken by the write itself, not by a later poll.
     assert loop.time() - written < 0.5
     await log.finish(message_id, Outcome("complete"), "")
+
+
+async def test_a_send_pings_redis_only_when_no_write_has_just_shown_it_answers(
+    log: RedisStreamLog, other: RedisStreamLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("chat.streams.redis.PROVEN_FOR", 0.3)
+    calls = RedisCalls(monkeypatch)
+    await log.check_available()
+    assert calls.count("PING") == 1  # nothing written yet: it asks
+    await asyncio.sleep(0.4)  # and that answer is stale now
+
+    message_id = uuid.uuid4()
+    log.open(message_id)
+    await _flushed(other, message_id, 0)
+    await log.check_available()
+    await log.check_available()
+    assert calls.count("PING") == 1  # the write a moment ago answered for it

@@ -50,6 +50,9 @@ WAKE_SLICE = 5.0
 # frames of every answer of the process. Readers in other processes see a frame at most
 # this much later; the generating process's own readers, at once.
 WRITE_TICK = 0.02
+# A send checks that Redis answers (a PING) unless the writer's last round trip, this
+# recent, has shown it already.
+PROVEN_FOR = 1.0
 
 Fields = dict[FieldT, EncodableT]
 Op = tuple[str, str, Fields, asyncio.Future[None] | None]
@@ -78,6 +81,7 @@ class RedisStreamLog(StreamLog):
         # The answers this process generates, for its own readers.
         self._local = MemoryStreamLog()
         self._lengths: dict[UUID, int] = {}
+        self._answered_at = float("-inf")  # when Redis last answered the writer
         self._queue: list[Op] = []
         self._queued = asyncio.Event()
         self._wakers: dict[str, asyncio.Event] = {}
@@ -152,6 +156,7 @@ class RedisStreamLog(StreamLog):
                         woken[message_id] = None
                     pipe.publish(f"{self._prefix}wake", " ".join(woken))
                     await pipe.execute()
+                self._answered_at = time.monotonic()
             except RedisError:
                 # Readers fall back to the database, which the generation keeps current.
                 logger.exception("stream log write failed for %d entries", len(ops))
@@ -192,10 +197,13 @@ class RedisStreamLog(StreamLog):
 
     async def check_available(self) -> None:
         self._state()
+        if time.monotonic() - self._answered_at < PROVEN_FOR:
+            return  # the writer's last round trip says it all, without one more
         try:
             await asyncio.wait_for(self._redis.ping(), 2.0)
         except (RedisError, OSError, TimeoutError) as error:
             raise LogUnavailable(str(error)) from error
+        self._answered_at = time.monotonic()
 
     async def expire(self, message_id: UUID) -> None:
         self._state()
