@@ -8,6 +8,7 @@ class ChatConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Connects the receivers that end a user's streams and sockets when their sign-in
-        # ends (logout, a new password, a deactivated account).
-        from chat import revocation  # noqa: F401
+        # `revocation` connects the receivers that end a user's streams and sockets when
+        # their sign-in ends (logout, a new password, a deactivated account); `checks`
+        # lets Django's security checks see the project's middleware.
+        from chat import checks, revocation  # noqa: F401
