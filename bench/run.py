@@ -540,8 +540,13 @@ class Bench:
             raise RuntimeError(f"warm-up failed: {phase.errors[:3]}")
         await self.quiesce()
 
-    async def idle(self, target: Target) -> dict[str, Any]:
-        """RSS per open stream whose upstream has sent headers and nothing else."""
+    async def idle(
+        self, target: Target, while_open: Callable[[], Awaitable[None]] | None = None
+    ) -> dict[str, Any]:
+        """RSS per open stream whose upstream has sent headers and nothing else.
+
+        `while_open` runs once every stream is open, before they are let go.
+        """
         n = self.mode.idle_streams
         phase = Phase(f"idle-{target.transport}")
         await asyncio.sleep(0.3)
@@ -571,6 +576,8 @@ class Bench:
         await asyncio.sleep(0.6)
         b = self.probe.sample()
         threads = b.threads
+        if while_open is not None:
+            await while_open()
         await self.upstream.call("POST", "/_bench/release")
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
         use = usage(a, b)
@@ -1080,7 +1087,7 @@ def parse_args() -> argparse.Namespace:
         help="profile one configuration under the reference load instead of benchmarking",
     )
     parser.add_argument("--profile-seconds", type=float, default=20.0)
-    parser.add_argument("--profile-what", choices=("ramp", "stft"), default="ramp")
+    parser.add_argument("--profile-what", choices=("ramp", "stft", "memory"), default="ramp")
     parser.add_argument(
         "--no-report", action="store_true", help="keep bench/results/*.md and *.png as they are"
     )
@@ -1141,7 +1148,8 @@ def main() -> None:
         )
         print(f"prepared in {time.monotonic() - run_started:.1f} s", flush=True)
         if args.profile:
-            asyncio.run(profile(ctx, args.profile_seconds, args.profile_what))
+            streams = mode.levels[0] if args.levels else mode.ref_streams
+            asyncio.run(profile(ctx, args.profile_seconds, args.profile_what, streams))
             return
         results = []
         for server, relay in configs:
@@ -1168,11 +1176,12 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def profile(ctx: Context, seconds: float, what: str) -> None:
+async def profile(ctx: Context, seconds: float, what: str, streams: int) -> None:
     """One configuration under load, its event loop profiled with pyinstrument.
 
-    `what` is `ramp` (the reference load at 50 tokens/s for `seconds`) or `stft` (answers
-    one at a time: the cost of a send and of a stream's start).
+    `what` is `ramp` (`streams` answers at 50 tokens/s for `seconds`), `stft` (answers
+    one at a time: the cost of a send and of a stream's start) or `memory` (what the idle
+    streams of the `idle` phase hold, by tracemalloc: Python's own allocations only).
     """
     server, relay = ctx.mode.configs[0]
 
@@ -1185,13 +1194,23 @@ async def profile(ctx: Context, seconds: float, what: str) -> None:
 
     async def body(bench: Bench) -> dict[str, Any]:
         await bench.warm_up()
+        if what == "memory":
+            await call(bench, "/__bench__/memory/mark")
+
+            async def diff() -> None:
+                out = RAW / f"memory-{server}-{relay}.txt"
+                out.write_bytes(await call(bench, "/__bench__/memory/diff"))
+                print(f"memory: {out.relative_to(ROOT)}")
+
+            await bench.idle(bench.targets["sse"], diff)
+            return {}
         await call(bench, "/__bench__/profile/start")
         if what == "stft":
             bench.mode = dataclasses.replace(ctx.mode, stft_runs=max(ctx.mode.stft_runs, 40))
             await bench.stft(bench.targets["sse"])
         else:
             bench.mode = dataclasses.replace(ctx.mode, window=seconds)
-            await bench.ramp(bench.targets["sse"], (ctx.mode.ref_streams,))
+            await bench.ramp(bench.targets["sse"], (streams,))
         out = RAW / f"profile-{server}-{relay}-{what}.txt"
         out.write_bytes(await call(bench, "/__bench__/profile"))
         print(f"profile: {out.relative_to(ROOT)} (and .html)")

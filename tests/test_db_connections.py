@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from asgiref.testing import ApplicationCommunicator
-from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
 from django.db.backends.signals import connection_created
 
 from chat import generation
+from chat.handlers import ChatASGIHandler, request_threads
 from chat.models import Message
 from chat.providers.base import Finish, Usage
 from tests.helpers import ChatApi, ScriptedProvider, eventually
@@ -148,12 +148,13 @@ def _stream_scope(message_id: str, cookie: str) -> dict[str, Any]:
     }
 
 
-async def test_an_open_event_stream_keeps_no_thread_of_its_own(
+async def test_open_event_streams_start_no_threads_of_their_own(
     api: ChatApi, scripted: ScriptedProvider, settings: Any
 ) -> None:
-    # Django's ASGI handler gives every request a thread for its sync work, kept until
-    # the response ends; a stream gives its own back once the view's queries are done,
-    # and again after each look at the database while the answer is silent.
+    # Stock Django starts a thread per request for its sync work, kept until the response
+    # ends: minutes, for an event stream. The app's handler runs that work on a fixed set
+    # of threads instead, however many streams are open and however often they look at
+    # the database (here: every 50 ms, while the answer is silent).
     settings.CHAT_PING_INTERVAL = 0.05
     gate = asyncio.Event()
     scripted.script = ["Half", gate, " done", Finish("stop")]
@@ -161,10 +162,16 @@ async def test_an_open_event_stream_keeps_no_thread_of_its_own(
     cookie = (
         f"{settings.SESSION_COOKIE_NAME}={api.client.cookies[settings.SESSION_COOKIE_NAME].value}"
     )
-    before = threading.active_count()
-    handler = ASGIHandler()
+    before = set(threading.enumerate())
+    opened_on: list[str] = []
+
+    def opened(**kwargs: Any) -> None:
+        opened_on.append(threading.current_thread().name)
+
+    connection_created.connect(opened, weak=False)
+    handler = ChatASGIHandler()
     streams = [
-        ApplicationCommunicator(handler, _stream_scope(message["id"], cookie)) for _ in range(4)
+        ApplicationCommunicator(handler, _stream_scope(message["id"], cookie)) for _ in range(12)
     ]
     try:
         for stream in streams:
@@ -175,14 +182,22 @@ async def test_an_open_event_stream_keeps_no_thread_of_its_own(
         for i, stream in enumerate(streams):
             while b": ping" not in received[i]:
                 received[i] += (await stream.receive_output(5))["body"]
-        # Four open streams, silent and pinging: no thread each.
-        await eventually(lambda: threading.active_count() <= before + 1)
+        # Twelve open streams, silent and pinging: their queries ran on request threads,
+        # and those are the only threads there are now that were not before.
+        # (The generation writes from threads of its own.)
+        readers = [name for name in opened_on if not name.startswith("chat-db")]
+        assert readers and all(name.startswith("chat-request-") for name in readers), readers
+        started = set(threading.enumerate()) - before
+        assert all(thread.name.startswith("chat-request-") for thread in started), started
+        assert len(started) <= len(request_threads.executors)
         gate.set()
         for i, stream in enumerate(streams):
             while b"event: final" not in received[i]:
                 received[i] += (await stream.receive_output(5)).get("body", b"")
             assert b"Half" in received[i] and b" done" in received[i]
+        assert set(threading.enumerate()) - before <= started
     finally:
+        connection_created.disconnect(opened)
         for stream in streams:
             await stream.send_input({"type": "http.disconnect"})
             await stream.wait(5)

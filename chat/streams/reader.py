@@ -17,7 +17,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from chat import services
-from chat.db import release_connections, release_request_thread
+from chat.db import release_connections
 from chat.events import (
     Event,
     Outcome,
@@ -102,7 +102,6 @@ async def follow(
                 # Not in the log (finished long ago, not started yet, or its process
                 # died), or silent: the database says whether it is still alive.
                 message = await sync_to_async(_reload)(message_id)
-                release_request_thread()
                 if message.status in Message.TERMINAL_STATUSES:
                     break
                 if silent or time.monotonic() - last_ping >= settings.CHAT_PING_INTERVAL:
