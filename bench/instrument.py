@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from types import FrameType
@@ -64,7 +65,13 @@ def _count_sql(execute: Any, sql: str, params: Any, many: bool, context: Any) ->
     with _lock:
         counts[kind] += 1
         counts[f"{kind}:{verb} {table}{where}"] += 1
-    return execute(sql, params, many, context)
+    if not _TRACE_SQL:
+        return execute(sql, params, many, context)
+    started = time.thread_time_ns()
+    try:
+        return execute(sql, params, many, context)
+    finally:
+        _bump(f"db_cpu_us:{verb} {table}{where}", (time.thread_time_ns() - started) // 1000)
 
 
 def _watch_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
@@ -145,7 +152,7 @@ def _memory_mark() -> str:
     import tracemalloc
 
     if not tracemalloc.is_tracing():
-        tracemalloc.start(8)
+        tracemalloc.start(40)
     gc.collect()
     _snapshot = tracemalloc.take_snapshot()
     return "marked"
@@ -166,6 +173,24 @@ def _memory_diff() -> str:
     for stat in stats[:25]:
         lines.append(f"{stat.size_diff / 1024:8.1f} KiB {stat.count_diff:6d} blocks")
         lines += [f"      {frame.filename}:{frame.lineno}" for frame in stat.traceback[-6:]]
+    lines.append("\nby the app's line that led to it (the innermost in chat/):")
+    by_app: dict[str, list[int]] = {}
+    for stat in stats:
+        app = [f for f in stat.traceback if f"{os.sep}chat{os.sep}" in f.filename]
+        where = f"{app[-1].filename}:{app[-1].lineno}" if app else "(no app frame)"
+        # tracemalloc's tracebacks list the most recent frame last.
+        total_count = by_app.setdefault(where, [0, 0])
+        total_count[0] += stat.size_diff
+        total_count[1] += stat.count_diff
+    for where, (size, count) in sorted(by_app.items(), key=lambda kv: -kv[1][0])[:30]:
+        lines.append(f"{size / 1024:8.1f} KiB {count:6d} blocks  {where}")
+    lines.append("\nby the line that allocated:")
+    for stat in now.compare_to(_snapshot, "lineno")[:40]:
+        frame = stat.traceback[0]
+        lines.append(
+            f"{stat.size_diff / 1024:8.1f} KiB {stat.count_diff:6d} blocks"
+            f"  {frame.filename}:{frame.lineno}"
+        )
     return "\n".join(lines) + "\n"
 
 

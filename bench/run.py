@@ -1087,7 +1087,9 @@ def parse_args() -> argparse.Namespace:
         help="profile one configuration under the reference load instead of benchmarking",
     )
     parser.add_argument("--profile-seconds", type=float, default=20.0)
-    parser.add_argument("--profile-what", choices=("ramp", "stft", "memory"), default="ramp")
+    parser.add_argument(
+        "--profile-what", choices=("ramp", "stft", "memory", "answers"), default="ramp"
+    )
     parser.add_argument(
         "--no-report", action="store_true", help="keep bench/results/*.md and *.png as they are"
     )
@@ -1181,7 +1183,8 @@ async def profile(ctx: Context, seconds: float, what: str, streams: int) -> None
 
     `what` is `ramp` (`streams` answers at 50 tokens/s for `seconds`), `stft` (answers
     one at a time: the cost of a send and of a stream's start) or `memory` (what the idle
-    streams of the `idle` phase hold, by tracemalloc: Python's own allocations only).
+    streams of the `idle` phase hold, by tracemalloc: Python's own allocations only) or
+    `answers` (the server's CPU per short answer, from `streams` sessions at once).
     """
     server, relay = ctx.mode.configs[0]
 
@@ -1204,11 +1207,17 @@ async def profile(ctx: Context, seconds: float, what: str, streams: int) -> None
 
             await bench.idle(bench.targets["sse"], diff)
             return {}
-        await call(bench, "/__bench__/profile/start")
+        if what == "answers":
+            # Measured first, then again under the profiler (which slows the loop).
+            await answer_cost(bench, streams)
+            await call(bench, "/__bench__/profile/start")
+            await answer_cost(bench, streams, report=False)
+        else:
+            await call(bench, "/__bench__/profile/start")
         if what == "stft":
             bench.mode = dataclasses.replace(ctx.mode, stft_runs=max(ctx.mode.stft_runs, 40))
             await bench.stft(bench.targets["sse"])
-        else:
+        elif what == "ramp":
             bench.mode = dataclasses.replace(ctx.mode, window=seconds)
             await bench.ramp(bench.targets["sse"], (streams,))
         out = RAW / f"profile-{server}-{relay}-{what}.txt"
@@ -1217,6 +1226,46 @@ async def profile(ctx: Context, seconds: float, what: str, streams: int) -> None
         return {}
 
     await run_config(ctx, server, relay, body)
+
+
+async def answer_cost(
+    bench: Bench, sessions: int, answers: int = 400, *, report: bool = True
+) -> None:
+    """Print the server's CPU per answer of five tokens, its idle CPU taken out."""
+    target = bench.targets["sse"]
+    phase = Phase("answers")
+    a = bench.probe.sample()
+    await asyncio.sleep(2.0)
+    b = bench.probe.sample()
+    idle = usage(a, b)
+    idle_rate = idle["cpu_s"]["server"] / idle["seconds"]
+    idle_threads = idle["server_threads_cpu_s"] / idle["seconds"]
+    queue = list(range(answers))
+
+    async def work() -> None:
+        async with target.session(phase.meter) as session:
+            while queue:
+                key = f"{phase.tag}.{queue.pop()}"
+                prompt = bench.prompt(key, 1000, tokens=5, delay=0)
+                await bench.one(target, phase, key, prompt, session)
+
+    a, ca = bench.probe.sample(), await bench.counters()
+    await asyncio.gather(*(work() for _ in range(sessions)))
+    b, cb = bench.probe.sample(), await bench.counters()
+    if not report:
+        return
+    use = usage(a, b)
+    total = (use["cpu_s"]["server"] - idle_rate * use["seconds"]) * 1000 / answers
+    threads = (use["server_threads_cpu_s"] - idle_threads * use["seconds"]) * 1000 / answers
+    print(
+        f"{answers} answers of 5 tokens, {sessions} at once, in {use['seconds']:.1f} s "
+        f"({len(phase.errors)} errors): server CPU {total:.2f} ms per answer, of which "
+        f"{threads:.2f} ms in threads; idle: {idle_rate:.1%} of a core"
+    )
+    counts = counter_delta(ca, cb)
+    for name in sorted(counts, key=lambda name: -counts[name]):
+        if name.startswith(("db_read:", "db_write:", "db_cpu_us:")):
+            print(f"{counts[name] / answers:9.2f} per answer  {name}")
 
 
 if __name__ == "__main__":

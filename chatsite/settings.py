@@ -145,9 +145,10 @@ WSGI_APPLICATION = None
 
 # --- Database ----------------------------------------------------------------------
 
-# Under ASGI a persistent connection would outlive the request that opened it, so
-# connections are opened per unit of work (CONN_MAX_AGE = 0, which Django's pool also
-# requires: with it, "closing" hands the connection back to the pool).
+# A server connection is opened per unit of work (CONN_MAX_AGE = 0, which Django's pool
+# also requires: with it, "closing" hands the connection back to the pool). SQLite's are
+# file handles, kept by the few long-lived threads that use them (chat/handlers.py): each
+# open costs more than the queries of a request.
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
@@ -162,6 +163,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    DATABASES["default"]["CONN_MAX_AGE"] = None  # see above
     # A file, not SQLite's shared memory, so test threads wait for locks rather than fail.
     # One per test process, so that two test runs on one machine never share it.
     DATABASES["default"]["TEST"] = {

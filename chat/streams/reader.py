@@ -54,7 +54,7 @@ def _reload(message_id: uuid.UUID) -> Message:
     finally:
         # A reader may wait minutes between two looks at the database: hold no
         # connection in between.
-        release_connections()
+        release_connections(keep_sqlite=True)
 
 
 def is_finished_at(message: Message, after: int | None) -> bool:

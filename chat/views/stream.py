@@ -65,7 +65,7 @@ async def _encode(
 ) -> AsyncIterator[bytes]:
     # The request's thread holds the connection that signed the user in and found the
     # message; Django would keep it until the stream ends, minutes from now.
-    await sync_to_async(release_connections)()
+    await sync_to_async(release_connections)(keep_sqlite=True)
     yield f"retry: {RETRY_MS}\n\n".encode()
     async with watch(credential) as revoked:
         async for event in until(events, revoked):
