@@ -416,6 +416,8 @@ def _add_exchange(
     assistant, plan = _add_answer(
         user=user, conversation=conversation, parent=user_message, model_id=model_id
     )
+    # The first answer to a new question has no other versions (nothing to look up).
+    assistant.sibling_ids = [assistant.id]  # type: ignore[attr-defined]
     return user_message, assistant, plan
 
 

@@ -284,7 +284,13 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": CHAT_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": "INFO"},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        # A line for every call to a model provider, which `generation_end` already
+        # reports with more (and which costs CPU per answer): failures only.
+        "httpx2": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+    },
 }
 
 # --- Chat --------------------------------------------------------------------------
