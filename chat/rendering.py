@@ -91,6 +91,7 @@ def render_markdown(text: str) -> str:
 # there is no point parsing the growing code again.
 _FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})")
 _FENCE_CLOSE = re.compile(r"^ {0,3}(`{3,}|~{3,})[ \t]*$", re.MULTILINE)
+_LINE_WITH_TEXT = re.compile(r"\n[ \t]*\S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,6 @@ class LiveMarkdown:
     def __init__(self, start: int = 0) -> None:
         self.start = start
         self.tail = ""
-        self._new_line = False
         self._fence_from: int | None = None
 
     @classmethod
@@ -136,16 +136,23 @@ class LiveMarkdown:
         """Add the answer's next text; returns the blocks it finished, rendered."""
         if not text:
             return []
+        before = len(self.tail)
         self.tail += text
-        if "\n" in text:
-            self._new_line = True
-        # A new block can only begin on a line after a line break.
-        if not self._new_line or "\r" in self.tail:
+        # A new block can only begin on a line after a line break, once that line has
+        # more than white space: until `text` starts such a line, nothing can have changed.
+        if not self._starts_a_line(before, text) or "\r" in self.tail:
             return []
         if self._fence_from is not None and not _FENCE_CLOSE.search(self.tail, self._fence_from):
             self._fence_from = max(self._fence_from, self.tail.rfind("\n") + 1)
             return []
         return self._split()
+
+    def _starts_a_line(self, before: int, text: str) -> bool:
+        """Whether `text` (at `before` in the tail) writes the first text of a new line."""
+        if _LINE_WITH_TEXT.search(text):
+            return True
+        line_start = self.tail.rfind("\n", 0, before)
+        return line_start >= 0 and not self.tail[line_start:before].strip() and not text.isspace()
 
     def _split(self) -> list[Block]:
         tokens = _markdown().parse(self.tail)
@@ -170,8 +177,6 @@ class LiveMarkdown:
         return blocks
 
     def _settle(self) -> None:
-        # Text after a trailing line break may begin a new block; otherwise only a later
-        # line break can. An open fence is only worth parsing again once it may be closed.
-        self._new_line = self.tail.endswith("\n")
+        # An open fence is only worth parsing again once it may be closed.
         opened = _FENCE_OPEN.match(self.tail)
         self._fence_from = (self.tail.find("\n") + 1 or len(self.tail)) if opened else None

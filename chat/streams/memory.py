@@ -23,7 +23,8 @@ class _Entry:
     ends: list[int] = field(default_factory=list)
     outcome: Outcome | None = None
     html: str = ""
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Readers waiting for the next change: plain futures, each woken once.
+    waiting: list[asyncio.Future[None]] = field(default_factory=list)
     readers: int = 0
     idle_since: float = field(default_factory=time.monotonic)
 
@@ -40,8 +41,15 @@ class _Entry:
         return head + "".join(self.frames[index + 1 :])
 
     def wake(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+        waiting, self.waiting = self.waiting, []
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def _time_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class MemoryStreamLog(StreamLog):
@@ -89,11 +97,18 @@ class MemoryStreamLog(StreamLog):
         if entry.outcome is not None or after > entry.length:
             beyond = entry.outcome is None
             return Chunk("", entry.length, entry.outcome, entry.html, beyond=beyond)
-        changed = entry.changed
+        # One future and one timer per wait: this runs for every frame of every reader,
+        # and asyncio.wait_for on an Event costs twice as much.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        entry.waiting.append(waiter)
+        timer = loop.call_later(wait, _time_up, waiter)
         try:
-            await asyncio.wait_for(changed.wait(), wait)
-        except TimeoutError:
-            return Chunk("", after)
+            await waiter
+        finally:
+            timer.cancel()
+        if entry.length == after and entry.outcome is None:
+            return Chunk("", after)  # the time was up
         return Chunk(entry.text_after(after), entry.length, entry.outcome, entry.html)
 
     async def check_available(self) -> None:
