@@ -89,7 +89,7 @@ class Mode:
     fast_streams: int = 10  # the 200 tokens/s cohort: 2,000 tokens/s too
     idle_streams: int = 40
     stft_runs: int = 6
-    levels: tuple[int, ...] = (20, 40, 60, 80, 100, 120, 180, 260)
+    levels: tuple[int, ...] = (20, 40, 80, 120, 160, 200, 240, 300)
     settle: float = 1.2  # seconds from a level's start to its window
     window: float = 1.0  # seconds measured per level
     delay: float = 0.2  # upstream: request to first token, in load phases
