@@ -188,9 +188,9 @@ def end_readers_on_user_change(
 
 
 @contextlib.asynccontextmanager
-async def watch(credential: Credential) -> AsyncIterator[asyncio.Event]:
-    """An event that is set once `credential` no longer signs its reader in."""
-    revoked = asyncio.Event()
+async def watch(credential: Credential) -> AsyncIterator[asyncio.Future[None]]:
+    """A future that is done once `credential` no longer signs its reader in."""
+    revoked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     layer = get_channel_layer()
     if layer is None:
         yield revoked
@@ -200,10 +200,10 @@ async def watch(credential: Credential) -> AsyncIterator[asyncio.Event]:
     await layer.group_add(group, channel)
 
     async def listen() -> None:
-        while not revoked.is_set():
+        while not revoked.done():
             event = await layer.receive(channel)
-            if await credential.ended_by(event):
-                revoked.set()
+            if await credential.ended_by(event) and not revoked.done():
+                revoked.set_result(None)
 
     listener = asyncio.create_task(listen())
     try:
@@ -222,9 +222,9 @@ class _Pumped[T]:
 
 
 async def until[T](
-    source: AsyncIterator[T], stop: asyncio.Event, *, ahead: int = 8
+    source: AsyncIterator[T], stop: asyncio.Future[None], *, ahead: int = 8
 ) -> AsyncIterator[T]:
-    """The items of `source` until it ends or `stop` is set, whichever comes first.
+    """The items of `source` until it ends or `stop` is done, whichever comes first.
 
     `source` runs in a task of its own, so that `stop` ends it even while it waits (for a
     token that may be minutes away). It runs at most `ahead` items ahead of the reader.
@@ -253,13 +253,13 @@ async def until[T](
             if aclose is not None:
                 await aclose()
 
-    async def stopper() -> None:
-        await stop.wait()
+    def stopped(_: asyncio.Future[None]) -> None:
         wake.set()
 
-    tasks = [asyncio.create_task(pump()), asyncio.create_task(stopper())]
+    stop.add_done_callback(stopped)
+    pumping = asyncio.create_task(pump())
     try:
-        while not stop.is_set():
+        while not stop.done():
             if pumped.items:
                 yield pumped.items.popleft()
                 room.set()
@@ -271,6 +271,6 @@ async def until[T](
                 wake.clear()
                 await wake.wait()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        stop.remove_done_callback(stopped)
+        pumping.cancel()
+        await asyncio.gather(pumping, return_exceptions=True)

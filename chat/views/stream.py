@@ -70,5 +70,5 @@ async def _encode(
     async with watch(credential) as revoked:
         async for event in until(events, revoked):
             yield SSE_PING if isinstance(event, Ping) else event.sse()
-        if revoked.is_set():
+        if revoked.done():
             yield SSE_SIGNED_OUT
