@@ -64,30 +64,38 @@ class AuthenticationMiddleware(_HooksOnTheLoop, auth.AuthenticationMiddleware):
     """Sets the lazy `request.user` and `request.auser`; neither loads anything yet."""
 
 
-class SessionMiddleware(sessions.SessionMiddleware):
+class _ResponseInTheThreadWhenStoring:
+    """For a MiddlewareMixin whose process_response only sometimes stores something."""
+
+    get_response: Any
+    process_request: Any
+    process_response: Any
+
+    def stores(self, request: HttpRequest) -> bool:
+        raise NotImplementedError
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        self.process_request(request)
+        response = await self.get_response(request)
+        if self.stores(request):
+            return await sync_to_async(self.process_response)(request, response)
+        return self.process_response(request, response)
+
+
+class SessionMiddleware(_ResponseInTheThreadWhenStoring, sessions.SessionMiddleware):
     """The session store is lazy; only saving a changed session needs the thread."""
 
-    async def __acall__(self, request: HttpRequest) -> Any:
-        self.process_request(request)
-        response: Any = await self.get_response(request)  # type: ignore[misc]  # async here
+    def stores(self, request: HttpRequest) -> bool:
         session = getattr(request, "session", None)
-        if session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST):
-            saved: Any = await sync_to_async(self.process_response)(request, response)
-            return saved
-        return self.process_response(request, response)
+        return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
 
 
-class MessageMiddleware(messages.MessageMiddleware):
+class MessageMiddleware(_ResponseInTheThreadWhenStoring, messages.MessageMiddleware):
     """Messages are stored (in a cookie, or the session) only if a view used some."""
 
-    async def __acall__(self, request: HttpRequest) -> Any:
-        self.process_request(request)
-        response: Any = await self.get_response(request)  # type: ignore[misc]  # async here
+    def stores(self, request: HttpRequest) -> bool:
         storage = getattr(request, "_messages", None)
-        if storage is not None and (storage.used or storage.added_new):
-            stored: Any = await sync_to_async(self.process_response)(request, response)
-            return stored
-        return self.process_response(request, response)
+        return storage is not None and (storage.used or storage.added_new)
 
 
 class CsrfViewMiddleware(csrf.CsrfViewMiddleware):
