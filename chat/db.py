@@ -26,3 +26,9 @@ def release_connections(*, keep_sqlite: bool = False) -> None:
         if keep_sqlite and connection.vendor == "sqlite" and not connection.errors_occurred:
             continue
         connection.close()
+
+
+def holds_server_connections() -> bool:
+    """False when every database is SQLite: release_connections(keep_sqlite=True) has
+    nothing to do then, and callers on the event loop can skip the trip to a thread."""
+    return any(connections[alias].vendor != "sqlite" for alias in connections)

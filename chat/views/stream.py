@@ -11,7 +11,7 @@ from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from chat import services
-from chat.db import release_connections
+from chat.db import holds_server_connections, release_connections
 from chat.events import SSE_PING, Event, rendered_point, resume_point
 from chat.models import Message
 from chat.revocation import Credential, until, watch
@@ -64,8 +64,10 @@ async def _encode(
     events: AsyncIterator[Event | Ping], credential: Credential
 ) -> AsyncIterator[bytes]:
     # The request's thread holds the connection that signed the user in and found the
-    # message; Django would keep it until the stream ends, minutes from now.
-    await sync_to_async(release_connections)(keep_sqlite=True)
+    # message; Django would keep it until the stream ends, minutes from now. (An SQLite
+    # connection is a file handle that the thread keeps anyway.)
+    if holds_server_connections():
+        await sync_to_async(release_connections)(keep_sqlite=True)
     yield f"retry: {RETRY_MS}\n\n".encode()
     async with watch(credential) as revoked:
         async for event in until(events, revoked):
