@@ -337,10 +337,18 @@ def _check_send_limits(*, user: User) -> None:
 
 
 def _path_to(message: Message | None) -> list[Message]:
+    """The messages from the conversation's root to `message`, in one query however long."""
+    if message is None:
+        return []
+    others = Message.objects.filter(conversation_id=message.conversation_id).only(
+        "id", "parent_id", "role", "content"
+    )
+    known = {other.id: other for other in others}
     path = []
-    while message is not None:
-        path.append(message)
-        message = message.parent
+    node: Message | None = message
+    while node is not None:
+        path.append(node)
+        node = known.get(node.parent_id) if node.parent_id else None
     path.reverse()
     return path
 

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AnonymousUser
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from chat import generation, recovery, services
@@ -120,6 +122,35 @@ def test_message_send_creates_a_question_and_a_streaming_answer(user: Any) -> No
     assert plan.model == "demo:demo"
     assert plan.request.system_prompt == "Be kind."
     assert [(t.role, t.content) for t in plan.request.turns] == [("user", "What   is\nthis?")]
+
+
+def test_the_history_sent_is_the_branch_and_costs_the_same_queries_however_long(
+    user: Any,
+) -> None:
+    def send_after(exchanges: int) -> tuple[int, list[tuple[str, str]]]:
+        conversation = services.conversation_create(user=user)
+        # A side branch the history must leave out: an earlier version of the first answer.
+        first = question(conversation, None, "q0")
+        answer(conversation, first, content="old a0")
+        parent: Message | None = None
+        for n in range(exchanges):
+            asked = first if n == 0 else question(conversation, parent, f"q{n}")
+            parent = answer(conversation, asked, content=f"a{n}")
+        conversation.current_leaf = parent
+        conversation.save()
+        with CaptureQueriesContext(connection) as queries:
+            _, _, plan = services.message_send(user=user, conversation=conversation, content="q")
+        assert plan is not None
+        return len(queries), [(t.role, t.content) for t in plan.request.turns]
+
+    short, turns = send_after(1)
+    long, long_turns = send_after(6)
+
+    assert turns == [("user", "q0"), ("assistant", "a0"), ("user", "q")]
+    assert long_turns[:2] == [("user", "q0"), ("assistant", "a0")]
+    assert long_turns[-3:] == [("user", "q5"), ("assistant", "a5"), ("user", "q")]
+    assert len(long_turns) == 13
+    assert long == short
 
 
 def test_a_long_first_message_makes_a_short_title(user: Any) -> None:
