@@ -25,6 +25,7 @@ from bench import instrument
 
 instrument.install_redis_counter()
 instrument.install_db_counter()
+instrument.install_gc_timer()
 
 from chatsite.asgi import application as chat_application  # noqa: E402
 

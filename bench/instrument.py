@@ -194,6 +194,18 @@ def _memory_diff() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _object_census() -> str:
+    """The objects the garbage collector walks in a full pass (gc.freeze'd ones aside)."""
+    import gc
+
+    gc.collect()
+    tracked = gc.get_objects()
+    kinds = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in tracked)
+    lines = [f"{len(tracked)} tracked objects, {gc.get_freeze_count()} frozen"]
+    lines += [f"{count:9d}  {kind}" for kind, count in kinds.most_common(40)]
+    return "\n".join(lines) + "\n"
+
+
 def start_profiler() -> None:
     global _profiler
     from pyinstrument import Profiler
@@ -239,6 +251,31 @@ async def _watch_loop(every: float = 0.005) -> None:
 
 
 _watcher: list[asyncio.Task[None]] = []
+_gc_started: list[int] = [0, 0]
+
+
+def _time_gc(phase: str, info: dict[str, int]) -> None:
+    """Count the garbage collector's passes by generation, how long they stop everything
+    (wall clock) and how much of that is the collector's own CPU (the rest: finalizers
+    that let other threads run)."""
+    if phase == "start":
+        _gc_started[:] = [time.perf_counter_ns(), time.thread_time_ns()]
+        return
+    took_us = (time.perf_counter_ns() - _gc_started[0]) // 1000
+    cpu_us = (time.thread_time_ns() - _gc_started[1]) // 1000
+    generation = info["generation"]
+    with _lock:
+        counts[f"gc_gen{generation}"] += 1
+        counts[f"gc_gen{generation}_us"] += took_us
+        counts[f"gc_gen{generation}_cpu_us"] += cpu_us
+        counts[f"gc_gen{generation}_collected"] += info.get("collected", 0)
+        counts["gc_max_us"] = max(counts["gc_max_us"], took_us)
+
+
+def install_gc_timer() -> None:
+    import gc
+
+    gc.callbacks.append(_time_gc)
 
 
 def wrap(app: App) -> App:
@@ -252,6 +289,8 @@ def wrap(app: App) -> App:
                 await _answer(send, _memory_mark().encode(), b"text/plain")
             elif scope["path"] == "/__bench__/memory/diff":
                 await _answer(send, _memory_diff().encode(), b"text/plain; charset=utf-8")
+            elif scope["path"] == "/__bench__/objects":
+                await _answer(send, _object_census().encode(), b"text/plain; charset=utf-8")
             elif scope["path"] == "/__bench__/profile/start":
                 start_profiler()  # in the event loop's thread: the one to profile
                 await _answer(send, b"started", b"text/plain")
@@ -261,6 +300,7 @@ def wrap(app: App) -> App:
                 with _lock:
                     snapshot = dict(counts)
                     counts["loop_late_max_us"] = 0  # a maximum per read, not a counter
+                    counts["gc_max_us"] = 0
                 await _answer(send, json.dumps(snapshot).encode(), b"application/json")
             return
         await app(scope, receive, send)

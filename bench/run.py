@@ -354,8 +354,9 @@ def usage(a: Sample, b: Sample) -> dict[str, Any]:
 
 def counter_delta(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     delta = {key: b[key] - a.get(key, 0) for key in b if b[key] != a.get(key, 0)}
-    if "loop_late_max_us" in b:
-        delta["loop_late_max_us"] = b["loop_late_max_us"]  # the maximum since `a`
+    for maximum in ("loop_late_max_us", "gc_max_us"):
+        if maximum in b:
+            delta[maximum] = b[maximum]  # the maximum since `a`
     return delta
 
 
@@ -1088,7 +1089,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--profile-seconds", type=float, default=20.0)
     parser.add_argument(
-        "--profile-what", choices=("ramp", "stft", "memory", "answers"), default="ramp"
+        "--profile-what", choices=("ramp", "stft", "memory", "answers", "objects"), default="ramp"
     )
     parser.add_argument(
         "--no-report", action="store_true", help="keep bench/results/*.md and *.png as they are"
@@ -1206,6 +1207,13 @@ async def profile(ctx: Context, seconds: float, what: str, streams: int) -> None
                 print(f"memory: {out.relative_to(ROOT)}")
 
             await bench.idle(bench.targets["sse"], diff)
+            return {}
+        if what == "objects":
+            # What a full garbage collection walks after a ramp over the WebSocket.
+            await bench.ramp(bench.targets["ws"], ctx.mode.levels)
+            out = RAW / f"objects-{server}-{relay}.txt"
+            out.write_bytes(await call(bench, "/__bench__/objects"))
+            print(f"objects: {out.relative_to(ROOT)}")
             return {}
         if what == "answers":
             # Measured first, then again under the profiler (which slows the loop).
