@@ -44,9 +44,6 @@ class RequestThreads:
         with self._lock:
             return next(self._turns)
 
-    def owns(self, executor: object) -> bool:
-        return any(executor is mine for mine in self.executors)
-
 
 request_threads = RequestThreads(REQUEST_THREADS)
 
