@@ -1242,12 +1242,12 @@ async def answer_cost(
     """Print the server's CPU per answer of five tokens, its idle CPU taken out."""
     target = bench.targets["sse"]
     phase = Phase("answers")
-    a = bench.probe.sample()
-    await asyncio.sleep(2.0)
-    b = bench.probe.sample()
-    idle = usage(a, b)
-    idle_rate = idle["cpu_s"]["server"] / idle["seconds"]
-    idle_threads = idle["server_threads_cpu_s"] / idle["seconds"]
+    if report:
+        a = bench.probe.sample()
+        await asyncio.sleep(2.0)
+        idle = usage(a, bench.probe.sample())
+        idle_rate = idle["cpu_s"]["server"] / idle["seconds"]
+        idle_threads = idle["server_threads_cpu_s"] / idle["seconds"]
     queue = list(range(answers))
 
     async def work() -> None:

@@ -289,7 +289,6 @@ LOGGING = {
         # A line for every call to a model provider, which `generation_end` already
         # reports with more (and which costs CPU per answer): failures only.
         "httpx2": {"level": "WARNING"},
-        "httpx": {"level": "WARNING"},
     },
 }
 

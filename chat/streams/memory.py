@@ -43,11 +43,11 @@ class _Entry:
     def wake(self) -> None:
         waiting, self.waiting = self.waiting, []
         for waiter in waiting:
-            if not waiter.done():
-                waiter.set_result(None)
+            _wake(waiter)
 
 
-def _time_up(waiter: asyncio.Future[None]) -> None:
+def _wake(waiter: asyncio.Future[None]) -> None:
+    """Let a waiting reader go on; once only (a change and its timer may both come)."""
     if not waiter.done():
         waiter.set_result(None)
 
@@ -102,7 +102,7 @@ class MemoryStreamLog(StreamLog):
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         entry.waiting.append(waiter)
-        timer = loop.call_later(wait, _time_up, waiter)
+        timer = loop.call_later(wait, _wake, waiter)
         try:
             await waiter
         finally:
