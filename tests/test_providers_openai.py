@@ -97,8 +97,8 @@ async def test_without_include_usage_there_is_no_usage_chunk(server: OpenAIServe
 
 @pytest.mark.parametrize(
     ("newline", "fragment"),
-    [("\n", None), ("\r\n", None), ("\n", 997)],
-    ids=["lf", "crlf", "fragmented"],
+    [("\n", None), ("\r\n", None), ("\n", 997), ("\r\n", 1)],
+    ids=["lf", "crlf", "fragmented", "crlf-byte-by-byte"],
 )
 async def test_every_delta_arrives_byte_exact(
     server: OpenAIServer, provider: OpenAIProvider, newline: str, fragment: int | None
