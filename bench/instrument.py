@@ -11,13 +11,15 @@
 
 `GET /__bench__/stats` answers the counters as JSON. `GET /__bench__/profile/start`
 starts the profiler; `GET /__bench__/profile` stops it and answers its text report (and
-writes an HTML one to `BENCH_PROFILE_HTML`). These paths are answered in front of the
-app, which never sees them.
+writes an HTML one to `BENCH_PROFILE_HTML`, its session to `BENCH_PROFILE_SESSION`). The
+stats also hold gauges, `now_*`: tasks, timers, open files, objects for a full collection.
+These paths are answered in front of the app, which never sees them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -25,6 +27,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -148,7 +151,6 @@ _snapshot: Any = None
 def _memory_mark() -> str:
     """Start tracing Python allocations (if not yet) and remember what is allocated now."""
     global _snapshot
-    import gc
     import tracemalloc
 
     if not tracemalloc.is_tracing():
@@ -160,7 +162,6 @@ def _memory_mark() -> str:
 
 def _memory_diff() -> str:
     """Python allocations since the mark, by where they were made (largest first)."""
-    import gc
     import tracemalloc
 
     if _snapshot is None:
@@ -196,7 +197,6 @@ def _memory_diff() -> str:
 
 def _object_census() -> str:
     """The objects the garbage collector walks in a full pass (gc.freeze'd ones aside)."""
-    import gc
 
     gc.collect()
     tracked = gc.get_objects()
@@ -224,6 +224,9 @@ def _profile_report() -> str:
     if html:
         with open(html, "w") as out:  # noqa: PTH123
             out.write(profiler.output_html())
+    session = os.environ.get("BENCH_PROFILE_SESSION")
+    if session and profiler.last_session is not None:
+        profiler.last_session.save(session)  # for pyinstrument --load
     tree: str = profiler.output_text(unicode=True, color=False, time="percent_of_total")
     flat: str = profiler.output_text(unicode=True, color=False, flat=True, time="percent_of_total")
     return f"{tree}\n\n--- self time by function ---\n{flat}"
@@ -273,9 +276,21 @@ def _time_gc(phase: str, info: dict[str, int]) -> None:
 
 
 def install_gc_timer() -> None:
-    import gc
 
     gc.callbacks.append(_time_gc)
+
+
+def _gauges() -> dict[str, int]:
+    """What the server holds now (not counters): its tasks, timers, sockets, GC objects."""
+    loop = asyncio.get_running_loop()
+    gauges = {
+        "now_tasks": len(asyncio.all_tasks(loop)),
+        "now_timers": len(getattr(loop, "_scheduled", ())),
+        "now_fds": sum(1 for _ in Path("/proc/self/fd").iterdir()),
+    }
+    # The objects the next full collection walks (gc.freeze() at start-up hid the rest).
+    gauges["now_gc_objects"] = len(gc.get_objects(2))
+    return gauges
 
 
 def wrap(app: App) -> App:
@@ -298,7 +313,7 @@ def wrap(app: App) -> App:
                 await _answer(send, _profile_report().encode(), b"text/plain; charset=utf-8")
             else:
                 with _lock:
-                    snapshot = dict(counts)
+                    snapshot = dict(counts) | _gauges()
                     counts["loop_late_max_us"] = 0  # a maximum per read, not a counter
                     counts["gc_max_us"] = 0
                 await _answer(send, json.dumps(snapshot).encode(), b"application/json")

@@ -357,6 +357,9 @@ def counter_delta(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     for maximum in ("loop_late_max_us", "gc_max_us"):
         if maximum in b:
             delta[maximum] = b[maximum]  # the maximum since `a`
+    for gauge in b:
+        if gauge.startswith("now_"):
+            delta[gauge] = b[gauge]  # a state at `b`, not a count
     return delta
 
 
@@ -870,6 +873,7 @@ def config_env(ctx: Context, server: str, relay: str) -> dict[str, str]:
         env["CHAT_REDIS_PREFIX"] = ctx.redis_prefix
     if ctx.app_env.get("BENCH_PROFILE"):
         env["BENCH_PROFILE_HTML"] = str(RAW / f"profile-{server}-{relay}.html")
+        env["BENCH_PROFILE_SESSION"] = str(RAW / f"profile-{server}-{relay}.pyisession")
     return env
 
 
