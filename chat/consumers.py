@@ -28,7 +28,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from chat import services
-from chat.events import rendered_point, resume_point
+from chat.events import json_bytes, rendered_point, resume_point
 from chat.generation import answer_stop, generation_ready, generation_start
 from chat.models import Message
 from chat.revocation import Credential, user_group
@@ -274,4 +274,4 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     async def send_frame(self, frame: Frame, ref: str | int | None = None) -> None:
         if ref is not None:
             frame["ref"] = ref
-        await self.send(text_data=json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
+        await self.send(text_data=json_bytes(frame).decode())

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
+
 if TYPE_CHECKING:
     from chat.rendering import Block
 
@@ -45,15 +47,27 @@ class Event:
     data: dict[str, Any]
 
     def sse(self) -> bytes:
-        # json.dumps never emits a raw newline, so one `data:` line always suffices.
-        payload = json.dumps(self.data, ensure_ascii=False, separators=(",", ":"))
-        return f"id: {self.id}\nevent: {self.name}\ndata: {payload}\n\n".encode()
+        # JSON never holds a raw newline, so one `data:` line always suffices.
+        head = f"id: {self.id}\nevent: {self.name}\ndata: ".encode()
+        return head + json_bytes(self.data) + b"\n\n"
 
     def ws(self, message_id: str) -> dict[str, Any]:
         return {"type": self.name, "message_id": message_id, "id": self.id, **self.data}
 
 
 SSE_PING = b": ping\n\n"
+
+
+def json_bytes(value: Any) -> bytes:
+    """Compact JSON in UTF-8, for the SSE and WebSocket encodings of every event.
+
+    A lone UTF-16 surrogate, which UTF-8 cannot hold and orjson refuses, is sent as "?".
+    """
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return text.encode("utf-8", "replace")
 
 
 @dataclass(frozen=True, slots=True)

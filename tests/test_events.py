@@ -62,6 +62,11 @@ def test_non_ascii_is_sent_as_utf8_not_escapes() -> None:
     assert "😀".encode() in token_event("😀", 1).sse()
 
 
+def test_a_lone_surrogate_cannot_break_the_encoding() -> None:
+    # UTF-8 cannot hold one; the event still goes out, with "?" in its place.
+    assert parse(token_event("a\ud800b", 3).sse()) == [SSEEvent(3, "token", {"text": "a?b"})]
+
+
 def test_the_ping_is_a_comment() -> None:
     assert parse(SSE_PING) == [SSEComment("ping")]
 
