@@ -101,17 +101,16 @@ def test_formatted_bytes_and_work_grow_linearly_with_the_answer(
     from chat import rendering
 
     parsed: list[int] = []
-    real_markdown = rendering._markdown()
+    real_blocks = rendering._block_parser()
 
     class Counting:
+        """The parses that find where blocks end (rendering a block parses it once more)."""
+
         def parse(self, text: str) -> Any:
             parsed.append(len(text))
-            return real_markdown.parse(text)
+            return real_blocks.parse(text)
 
-        def render(self, text: str) -> str:
-            return real_markdown.render(text)
-
-    monkeypatch.setattr(rendering, "_markdown", lambda: Counting())
+    monkeypatch.setattr(rendering, "_block_parser", lambda: Counting())
 
     def cost(copies: int) -> tuple[int, int, int]:
         parsed.clear()
