@@ -199,6 +199,7 @@ class Generation:
         self._flushed_length = 0
         self._pending: list[str] = []
         self._last_frame = float("-inf")
+        self._frame_interval: float = settings.CHAT_FRAME_INTERVAL  # read at every delta
         self._timer: asyncio.TimerHandle | None = None
         self._started = 0.0
         self._ttft_ms: int | None = None
@@ -225,10 +226,10 @@ class Generation:
             # the log and the database always hold the same answer.
             text = text.replace("\x00", "\ufffd")
         self._pending.append(text)
-        if loop.time() - self._last_frame >= settings.CHAT_FRAME_INTERVAL:
+        if loop.time() - self._last_frame >= self._frame_interval:
             self._emit()
         elif self._timer is None:
-            self._timer = loop.call_at(self._last_frame + settings.CHAT_FRAME_INTERVAL, self._emit)
+            self._timer = loop.call_at(self._last_frame + self._frame_interval, self._emit)
 
     def _emit(self) -> None:
         """Append everything pending as one frame. The first delta goes out at once."""
