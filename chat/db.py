@@ -31,4 +31,6 @@ def release_connections(*, keep_sqlite: bool = False) -> None:
 def holds_server_connections() -> bool:
     """False when every database is SQLite: release_connections(keep_sqlite=True) has
     nothing to do then, and callers on the event loop can skip the trip to a thread."""
-    return any(connections[alias].vendor != "sqlite" for alias in connections)
+    # Read from the settings: `connections[alias]` would build a connection object for
+    # the calling context, which on the event loop is each request's own (~1.6 KiB each).
+    return any("sqlite" not in database["ENGINE"] for database in connections.settings.values())

@@ -20,6 +20,7 @@ from django.db import connections
 from django.db.backends.signals import connection_created
 
 from chat import generation
+from chat.db import holds_server_connections
 from chat.handlers import ChatASGIHandler, request_threads
 from chat.models import Message
 from chat.providers.base import Finish, Usage
@@ -205,3 +206,16 @@ async def test_open_event_streams_start_no_threads_of_their_own(
         for stream in streams:
             await stream.send_input({"type": "http.disconnect"})
             await stream.wait(5)
+
+
+def test_asking_whether_connections_are_worth_releasing_builds_none() -> None:
+    answers: list[tuple[bool, int]] = []
+
+    def probe() -> None:  # a thread of its own: a context with no connection objects yet
+        held = holds_server_connections()
+        answers.append((held, len(connections.all(initialized_only=True))))
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    assert answers == [(connections["default"].vendor != "sqlite", 0)]
