@@ -95,8 +95,8 @@ async def test_the_wire_format_is_the_apis(server: AnthropicServer) -> None:
 
 @pytest.mark.parametrize(
     ("newline", "fragment"),
-    [("\n", None), ("\r\n", None), ("\n", 997)],
-    ids=["lf", "crlf", "fragmented"],
+    [("\n", None), ("\r\n", None), ("\n", 997), ("\r\n", 1)],
+    ids=["lf", "crlf", "fragmented", "crlf-byte-by-byte"],
 )
 async def test_every_delta_arrives_byte_exact(
     server: AnthropicServer, provider: AnthropicProvider, newline: str, fragment: int | None

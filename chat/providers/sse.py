@@ -49,9 +49,16 @@ class EventSplitter:
     def _events(blocks: list[bytes]) -> list[tuple[str, bytes]]:
         events = []
         for block in blocks:
+            # Nearly every event is one data line (OpenAI), or a name and one (Anthropic).
             if block.startswith(b"data: ") and b"\n" not in block:
-                events.append(("", block[6:]))  # nearly every event: one data line
-            elif event := _parse(block):
+                events.append(("", block[6:]))
+                continue
+            if block.startswith(b"event: "):
+                end = block.find(b"\n")
+                if block.startswith(b"data: ", end + 1) and block.find(b"\n", end + 1) < 0:
+                    events.append((block[7:end].decode("utf-8", "replace"), block[end + 7 :]))
+                    continue
+            if event := _parse(block):
                 events.append(event)
         return events
 
