@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import import_module
@@ -214,63 +213,46 @@ async def watch(credential: Credential) -> AsyncIterator[asyncio.Future[None]]:
         await asyncio.shield(layer.group_discard(group, channel))
 
 
-@dataclass(slots=True)
-class _Pumped[T]:
-    items: deque[T]
-    ended: bool = False
-    failure: Exception | None = None
-
-
-async def until[T](
-    source: AsyncIterator[T], stop: asyncio.Future[None], *, ahead: int = 8
-) -> AsyncIterator[T]:
+async def until[T](source: AsyncIterator[T], stop: asyncio.Future[None]) -> AsyncIterator[T]:
     """The items of `source` until it ends or `stop` is done, whichever comes first.
 
-    `source` runs in a task of its own, so that `stop` ends it even while it waits (for a
-    token that may be minutes away). It runs at most `ahead` items ahead of the reader.
+    A stop that comes while `source` waits (for a token that may be minutes away) cancels
+    that wait, as asyncio.timeout cancels what it wraps, and `source` ends as it would in
+    a cancelled task. A stop that comes while the caller is busy elsewhere (sending the
+    last item) touches nothing there: the next item is not asked for. No task of its own:
+    `source` runs in the caller's, at no cost per item.
     """
-    pumped: _Pumped[T] = _Pumped(deque())
-    wake = asyncio.Event()  # an item, the end or the stop is there for the reader
-    room = asyncio.Event()
-    room.set()
+    task = asyncio.current_task()
+    assert task is not None
+    baseline = task.cancelling()
+    waiting = interrupted = False
 
-    async def pump() -> None:
-        try:
-            async for item in source:
-                pumped.items.append(item)
-                wake.set()
-                if len(pumped.items) >= ahead:
-                    room.clear()
-                    await room.wait()
-        except Exception as error:  # handed to the reader, which raises it
-            pumped.failure = error
-        finally:
-            pumped.ended = True
-            wake.set()
-            # Cancelled between two items, the source would wait for the garbage collector
-            # to run its clean-up (a reader's presence, for one).
-            aclose = getattr(source, "aclose", None)
-            if aclose is not None:
-                await aclose()
+    def interrupt(_: asyncio.Future[None]) -> None:
+        nonlocal interrupted
+        if waiting and not interrupted:
+            interrupted = True
+            task.cancel()
 
-    def stopped(_: asyncio.Future[None]) -> None:
-        wake.set()
-
-    stop.add_done_callback(stopped)
-    pumping = asyncio.create_task(pump())
+    stop.add_done_callback(interrupt)
     try:
         while not stop.done():
-            if pumped.items:
-                yield pumped.items.popleft()
-                room.set()
-            elif pumped.ended:
-                if pumped.failure is not None:
-                    raise pumped.failure
+            waiting = True
+            try:
+                item = await anext(source)
+            except StopAsyncIteration:
                 return
-            else:
-                wake.clear()
-                await wake.wait()
+            except asyncio.CancelledError:
+                # Ours (and nobody else's): the stop came. Anyone else's goes on up.
+                if interrupted and task.uncancel() <= baseline:
+                    return
+                raise
+            finally:
+                waiting = False
+            yield item
     finally:
-        stop.remove_done_callback(stopped)
-        pumping.cancel()
-        await asyncio.gather(pumping, return_exceptions=True)
+        stop.remove_done_callback(interrupt)
+        # Ended between two items, the source would wait for the garbage collector to run
+        # its clean-up (a reader's presence, for one).
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
