@@ -41,7 +41,9 @@ def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
     verb = sql.lstrip().split(" ", 1)[0].upper()
     if verb in {"INSERT", "UPDATE", "DELETE"}:
         table = sql.split('"')[1] if '"' in sql else "?"
-        writes[f"{verb} {table}"] += 1
+        if many:
+            params = list(params)  # one statement, a row written for each
+        writes[f"{verb} {table}"] += len(params) if many else 1
         if os.environ.get("BENCH_TRACE"):
             print(time.monotonic(), sql[:120])
     return execute(sql, params, many, context)

@@ -65,9 +65,12 @@ def _count_sql(execute: Any, sql: str, params: Any, many: bool, context: Any) ->
     table = sql.split('"')[1] if '"' in sql else "?"
     kind = "db_write" if verb in {"INSERT", "UPDATE", "DELETE"} else "db_read"
     where = f" <- {_caller()}" if _TRACE_SQL else ""
+    if many:
+        params = list(params)  # one statement; each row counts as one write
+    rows = len(params) if many else 1
     with _lock:
-        counts[kind] += 1
-        counts[f"{kind}:{verb} {table}{where}"] += 1
+        counts[kind] += rows
+        counts[f"{kind}:{verb} {table}{where}"] += rows
     if not _TRACE_SQL:
         return execute(sql, params, many, context)
     started = time.thread_time_ns()

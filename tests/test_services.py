@@ -240,7 +240,7 @@ def test_flush_writes_only_while_streaming(user: Any) -> None:
     conversation = services.conversation_create(user=user)
     message = streaming(conversation, heartbeat_age=10)
 
-    services.message_flush(message_id=message.id, content="Some", ttft_ms=12)
+    services.message_flush_many(flushes=[services.Flush(message.id, "Some", 12)])
     message.refresh_from_db()
     assert (message.content, message.ttft_ms, message.status) == ("Some", 12, "streaming")
     assert message.heartbeat_at is not None
@@ -253,11 +253,32 @@ def test_flush_writes_only_while_streaming(user: Any) -> None:
         ttft_ms=12,
         duration_ms=50,
     )
-    services.message_flush(message_id=message.id, content="Some", ttft_ms=99)
+    services.message_flush_many(flushes=[services.Flush(message.id, "Some", 99)])
     message.refresh_from_db()
     assert (message.content, message.status, message.ttft_ms) == ("Some text", "complete", 12)
     assert message.heartbeat_at is None
     assert (message.prompt_tokens, message.completion_tokens) == (3, 2)
+
+
+def test_one_flush_saves_many_answers_and_keeps_what_it_does_not_send(user: Any) -> None:
+    conversation = services.conversation_create(user=user)
+    grown = streaming(conversation, heartbeat_age=10, content="Old")
+    same = streaming(conversation, heartbeat_age=10, content="Kept ☃")
+    services.message_flush_many(flushes=[services.Flush(same.id, "Kept ☃", 7)])
+    before = timezone.now()
+
+    services.message_flush_many(
+        flushes=[services.Flush(grown.id, "Old and new ✓", 5), services.Flush(same.id, None, None)]
+    )
+
+    grown.refresh_from_db()
+    same.refresh_from_db()
+    assert (grown.content, grown.ttft_ms) == ("Old and new ✓", 5)
+    assert (same.content, same.ttft_ms) == ("Kept ☃", 7)  # None: unchanged
+    for message in (grown, same):
+        assert message.heartbeat_at is not None and message.heartbeat_at >= before
+        assert message.updated_at >= before
+    services.message_flush_many(flushes=[])  # nothing to save: no statement, no error
 
 
 def test_the_generation_has_the_last_word_over_a_sweep(user: Any) -> None:
