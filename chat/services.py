@@ -697,15 +697,15 @@ def message_flush_many(*, flushes: Sequence[Flush]) -> None:
         return
     connection = connections[router.db_for_write(Message)]
     quote = connection.ops.quote_name
-    field = Message._meta.get_field
-    now = field("updated_at").get_db_prep_value(timezone.now(), connection)
-    streaming = field("status").get_db_prep_value(Status.STREAMING, connection)
+    now = Message._meta.get_field("updated_at").get_db_prep_value(timezone.now(), connection)
+    key = Message._meta.pk
+    assert key is not None and key.column is not None
     table, content, ttft = quote(Message._meta.db_table), quote("content"), quote("ttft_ms")
     # Names from the model, quoted by the backend; every value is a parameter.
     sql = (
         f"UPDATE {table} SET {quote('heartbeat_at')} = %s, {quote('updated_at')} = %s, "  # noqa: S608
         f"{content} = COALESCE(%s, {content}), {ttft} = COALESCE(%s, {ttft}) "
-        f"WHERE {quote('id')} = %s AND {quote('status')} = %s"
+        f"WHERE {quote(key.column)} = %s AND {quote('status')} = %s"
     )
     rows = [
         (
@@ -713,8 +713,8 @@ def message_flush_many(*, flushes: Sequence[Flush]) -> None:
             now,
             flush.content,
             flush.ttft_ms,
-            field("id").get_db_prep_value(flush.message_id, connection),
-            streaming,
+            key.get_db_prep_value(flush.message_id, connection),
+            Status.STREAMING.value,
         )
         for flush in flushes
     ]
