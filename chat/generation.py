@@ -63,9 +63,9 @@ def is_running(message_id: uuid.UUID) -> bool:
 
 # --- Flushing ---------------------------------------------------------------------------
 # One timer per event loop saves the text and heartbeat of every running generation of
-# this process together, in one transaction: a write of its own per generation per
-# second, each a thread hop and a commit, made the database the bottleneck past ~80
-# streams on one core. The rows written are the same.
+# this process together, in one statement run for each (services.message_flush_many):
+# a write of its own per generation per second, each a thread hop and a commit, made the
+# database the bottleneck past ~80 streams on one core. The rows written are the same.
 
 _flushing: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _FlushTimer] = (
     weakref.WeakKeyDictionary()
