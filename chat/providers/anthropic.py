@@ -38,13 +38,8 @@ class JSONEvents(anthropic.AsyncStream[object]):
 
     async def __stream__(self) -> AsyncIterator[object]:
         response = self.response
-        events = sse.EventSplitter()
         try:
-            async for data in response.aiter_bytes():
-                for name, payload in events.feed(data):
-                    if name and name != "ping":
-                        yield self._event(name, payload)
-            for name, payload in events.finish():
+            async for name, payload in sse.events(response.aiter_bytes()):
                 if name and name != "ping":
                     yield self._event(name, payload)
         finally:

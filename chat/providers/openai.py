@@ -39,21 +39,14 @@ class JSONChunks(openai.AsyncStream[object]):
 
     async def __stream__(self) -> AsyncIterator[object]:
         response = self.response
-        events = sse.EventSplitter()
         done = False
         try:
-            async for data in response.aiter_bytes():
-                if done:
-                    continue
-                for _name, payload in events.feed(data):
-                    if payload.startswith(b"[DONE]"):
-                        done = True
-                        break
+            # After `[DONE]` the loop goes on only to read the rest of the body.
+            async for _name, payload in sse.events(response.aiter_bytes()):
+                if payload.startswith(b"[DONE]"):
+                    done = True
+                elif not done:
                     yield self._chunk(payload)
-            if not done:
-                for _name, payload in events.finish():
-                    if not payload.startswith(b"[DONE]"):
-                        yield self._chunk(payload)
         finally:
             await response.aclose()
 

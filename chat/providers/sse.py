@@ -9,9 +9,20 @@ body to `EventSplitter` (whole events cut with bytes methods) and `loads` (orjso
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+
+
+async def events(body: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, bytes]]:
+    """Every complete event of a response body, as its bytes arrive: `(name, data)`."""
+    splitter = EventSplitter()
+    async for chunk in body:
+        for event in splitter.feed(chunk):
+            yield event
+    for event in splitter.finish():
+        yield event
 
 
 class EventSplitter:
