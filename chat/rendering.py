@@ -64,10 +64,17 @@ def _image_as_link(
     return f'<a href="{nh3.clean_text(src)}">{nh3.clean_text("Image: " + alt)}</a>'
 
 
-@cache
-def _markdown() -> MarkdownIt:
+def _syntax() -> MarkdownIt:
+    """The Markdown the app reads: CommonMark without raw HTML, plus tables and
+    strikethrough. Rendering and live block splitting both start from it."""
     md = MarkdownIt("commonmark", {"html": False, "highlight": _highlight})
     md.enable(["table", "strikethrough"])
+    return md
+
+
+@cache
+def _markdown() -> MarkdownIt:
+    md = _syntax()
     md.add_render_rule("image", _image_as_link)
     return md
 
@@ -76,8 +83,7 @@ def _markdown() -> MarkdownIt:
 def _block_parser() -> MarkdownIt:
     """The same Markdown, parsed into its blocks only: where they begin and end does not
     depend on their inline content, whose parsing is ~90% of the whole parse's time."""
-    md = MarkdownIt("commonmark", {"html": False})
-    md.enable(["table", "strikethrough"])
+    md = _syntax()
     md.disable(["inline", "text_join"])
     return md
 
