@@ -11,7 +11,9 @@
 
 `GET /__bench__/stats` answers the counters as JSON. `GET /__bench__/profile/start`
 starts the profiler; `GET /__bench__/profile` stops it and answers its text report (and
-writes an HTML one to `BENCH_PROFILE_HTML`, its session to `BENCH_PROFILE_SESSION`). The
+writes an HTML one to `BENCH_PROFILE_HTML`, its session to `BENCH_PROFILE_SESSION`).
+`/__bench__/memory/mark` and `/__bench__/memory/diff` trace Python's allocations between
+two moments (and save both tracemalloc snapshots under `BENCH_MEMORY_SNAPSHOTS`). The
 stats also hold gauges, `now_*`: tasks, timers, open files, objects for a full collection.
 These paths are answered in front of the app, which never sees them.
 """
@@ -149,6 +151,11 @@ def keep_one_connection() -> None:
 
 
 _snapshot: Any = None
+_census: Counter[str] = Counter()
+
+
+def _kinds() -> Counter[str]:
+    return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
 
 
 def _memory_mark() -> str:
@@ -159,6 +166,8 @@ def _memory_mark() -> str:
     if not tracemalloc.is_tracing():
         tracemalloc.start(40)
     gc.collect()
+    _census.clear()
+    _census.update(_kinds())
     _snapshot = tracemalloc.take_snapshot()
     return "marked"
 
@@ -169,8 +178,14 @@ def _memory_diff() -> str:
 
     if _snapshot is None:
         return "no mark\n"
+    grown = _kinds()
+    grown.subtract(_census)
     gc.collect()
     now = tracemalloc.take_snapshot()
+    if dump := os.environ.get("BENCH_MEMORY_SNAPSHOTS"):
+        # For analysis beyond this summary: tracemalloc.Snapshot.load() each.
+        _snapshot.dump(f"{dump}.mark")
+        now.dump(f"{dump}.open")
     stats = now.compare_to(_snapshot, "traceback")
     total = sum(stat.size_diff for stat in stats)
     lines = [f"total {total / 1024:.0f} KiB in {sum(s.count_diff for s in stats)} blocks"]
@@ -188,6 +203,9 @@ def _memory_diff() -> str:
         total_count[1] += stat.count_diff
     for where, (size, count) in sorted(by_app.items(), key=lambda kv: -kv[1][0])[:30]:
         lines.append(f"{size / 1024:8.1f} KiB {count:6d} blocks  {where}")
+    lines.append("\nobjects the collector tracks, by type (more since the mark):")
+    for kind, count in grown.most_common(40):
+        lines.append(f"{count:9d}  {kind}")
     lines.append("\nby the line that allocated:")
     for stat in now.compare_to(_snapshot, "lineno")[:40]:
         frame = stat.traceback[0]

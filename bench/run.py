@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -182,6 +183,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def procfile_env() -> dict[str, str]:
+    """The variables that the `Procfile`'s `web` line sets for the server (VAR=value …)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith("web:"):
+            words = line.removeprefix("web:").split()
+            pairs = itertools.takewhile(lambda word: "=" in word, words)
+            return dict(pair.split("=", 1) for pair in pairs)
+    return {}
 
 
 def server_command(server: str, module: str, port: int) -> list[str]:
@@ -860,7 +871,8 @@ def relay_module(relay: str) -> str:
 
 
 def config_env(ctx: Context, server: str, relay: str) -> dict[str, str]:
-    env = dict(ctx.app_env)
+    # Every server, the baselines' too, runs as the Procfile runs the app's.
+    env = dict(ctx.app_env) | procfile_env()
     env["UPSTREAM_URL"] = env["OPENAI_BASE_URL"]
     if relay == "naive-parsed":
         env["NAIVE_PARSER"] = "app"
@@ -874,6 +886,7 @@ def config_env(ctx: Context, server: str, relay: str) -> dict[str, str]:
     if ctx.app_env.get("BENCH_PROFILE"):
         env["BENCH_PROFILE_HTML"] = str(RAW / f"profile-{server}-{relay}.html")
         env["BENCH_PROFILE_SESSION"] = str(RAW / f"profile-{server}-{relay}.pyisession")
+        env["BENCH_MEMORY_SNAPSHOTS"] = str(RAW / f"memory-{server}-{relay}")
     return env
 
 
