@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import uuid
@@ -30,6 +31,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -105,7 +107,8 @@ class Credential:
 async def _announce(user_id: Any, event: dict[str, Any], *, stop_answers: bool) -> None:
     layer = get_channel_layer()
     if layer is not None:
-        await layer.group_send(user_group(user_id), event)
+        # Named, for the process-wide channels of SSE readers (in many users' groups).
+        await layer.group_send(user_group(user_id), {**event, "user": str(user_id)})
     if stop_answers:
         from chat.generation import generation_stop
 
@@ -186,31 +189,117 @@ def end_readers_on_user_change(
 # --- Reading until revoked -----------------------------------------------------------
 
 
+class _Watchers:
+    """The SSE readers of one process (one event loop) and their channel on the layer.
+
+    One channel and one listening task serve every reader of the process, instead of
+    one of each per reader (a queue and a task: several KiB per open stream). The channel
+    joins the group of each user with a reader; announcements name their user, so each
+    reaches that user's readers only.
+    """
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.readers: dict[str, dict[Credential, set[asyncio.Future[None]]]] = {}
+        self.count = 0
+        self.channel: str | None = None
+        self.groups: set[str] = set()
+        self.listener: asyncio.Task[None] | None = None
+        self.checks: set[asyncio.Task[None]] = set()
+
+    def enter(self, credential: Credential, revoked: asyncio.Future[None]) -> None:
+        by_credential = self.readers.setdefault(str(credential.user_id), {})
+        by_credential.setdefault(credential, set()).add(revoked)
+        self.count += 1
+
+    async def join(self, user_id: int) -> None:
+        """Let announcements to `user_id` reach this process's readers (after `enter`)."""
+        if self.channel is None:
+            channel = await self.layer.new_channel()
+            if self.channel is None:  # nobody opened one meanwhile
+                self.channel = channel
+                # A context of its own: not the first reader's request's.
+                self.listener = asyncio.create_task(
+                    self._listen(channel), context=contextvars.Context()
+                )
+        group = user_group(user_id)
+        # Every time, not once per user: a join also renews the group's expiry.
+        await self.layer.group_add(group, self.channel)
+        self.groups.add(group)
+
+    async def leave(self, credential: Credential, revoked: asyncio.Future[None]) -> None:
+        user = str(credential.user_id)
+        by_credential = self.readers.get(user, {})
+        futures = by_credential.get(credential, set())
+        futures.discard(revoked)
+        if not futures:
+            by_credential.pop(credential, None)
+            if not by_credential:
+                self.readers.pop(user, None)
+        self.count -= 1
+        if self.count or self.channel is None:
+            return
+        # The last reader: close the channel. The next reader opens a new one, so nothing
+        # below can undo what it joins.
+        listener, channel, groups = self.listener, self.channel, self.groups
+        self.listener, self.channel, self.groups = None, None, set()
+        assert listener is not None
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        for group in groups:
+            await asyncio.shield(self.layer.group_discard(group, channel))
+
+    async def _listen(self, channel: str) -> None:
+        while True:
+            event = await self.layer.receive(channel)
+            # Checks may query the database: they run beside the listener, which goes
+            # back to the channel at once (a channel holds only so many messages).
+            check = asyncio.create_task(self._dispatch(event))
+            self.checks.add(check)
+            check.add_done_callback(self.checks.discard)
+
+    async def _dispatch(self, event: dict[str, Any]) -> None:
+        user = event.get("user")
+        if user is None:  # from a process that does not name users yet: every reader
+            readers = [r for by_user in self.readers.values() for r in by_user.items()]
+        else:
+            readers = list(self.readers.get(str(user), {}).items())
+        # One check per credential, however many readers it signed in.
+        for credential, futures in readers:
+            try:
+                ended = await credential.ended_by(event)
+            except Exception:
+                # Unsure whether it still signs them in: end them, and their
+                # reconnections (which check) decide.
+                logger.exception("could not check a credential of user=%s", user)
+                ended = True
+            if ended:
+                for revoked in list(futures):
+                    if not revoked.done():
+                        revoked.set_result(None)
+
+
+_watchers: WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchers] = WeakKeyDictionary()
+
+
 @contextlib.asynccontextmanager
 async def watch(credential: Credential) -> AsyncIterator[asyncio.Future[None]]:
     """A future that is done once `credential` no longer signs its reader in."""
-    revoked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    revoked: asyncio.Future[None] = loop.create_future()
     layer = get_channel_layer()
     if layer is None:
         yield revoked
         return
-    group = user_group(credential.user_id)
-    channel = await layer.new_channel()
-    await layer.group_add(group, channel)
-
-    async def listen() -> None:
-        while not revoked.done():
-            event = await layer.receive(channel)
-            if await credential.ended_by(event) and not revoked.done():
-                revoked.set_result(None)
-
-    listener = asyncio.create_task(listen())
+    watchers = _watchers.get(loop)
+    if watchers is None or watchers.layer is not layer:
+        watchers = _watchers[loop] = _Watchers(layer)
+    watchers.enter(credential, revoked)
     try:
+        await watchers.join(credential.user_id)
         yield revoked
     finally:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
-        await asyncio.shield(layer.group_discard(group, channel))
+        await watchers.leave(credential, revoked)
 
 
 async def until[T](source: AsyncIterator[T], stop: asyncio.Future[None]) -> AsyncIterator[T]:

@@ -9,6 +9,7 @@ holds with the Redis channel layer of several processes.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -155,6 +156,34 @@ async def test_logout_ends_that_sessions_streams_and_sockets_only(
     again = await leaving.open_stream(answer["id"])
     assert again.status == 401
     await elsewhere.close()
+
+
+async def test_one_users_logout_leaves_other_users_readers_and_the_layer_clean(
+    user: Any, other_user: Any, streaming: ScriptedProvider
+) -> None:
+    """The readers of a process share one channel on the layer: an announcement reaches
+    its own user's readers only, and the channel leaves every group with its last reader."""
+    leaving, _ = await signed_in(user)
+    staying, _ = await signed_in(other_user)
+    mine = await leaving.ask(model=streaming.model_id)
+    theirs = await staying.ask(model=streaming.model_id)
+    leaving_stream = await following(leaving, mine["id"])
+    staying_stream = await following(staying, theirs["id"])
+    layer = get_channel_layer()
+    assert set(layer.groups) == {f"user-{user.pk}", f"user-{other_user.pk}"}
+    # One channel in both groups, not one per stream.
+    assert layer.groups[f"user-{user.pk}"].keys() == layer.groups[f"user-{other_user.pk}"].keys()
+
+    assert (await leaving.client.post("/accounts/logout/")).status_code == 302
+
+    await assert_signed_out(leaving_stream)
+    await assert_open(staying_stream)
+    await staying_stream.close()
+    for _ in range(100):
+        if not layer.groups:
+            break
+        await asyncio.sleep(0.01)
+    assert not layer.groups
 
 
 # --- Password change -------------------------------------------------------------------
