@@ -80,6 +80,9 @@ async def follow(
     message_id = message.id
     if after is None and not reset:
         yield start_event(str(message_id), message.model)
+    # An open reader keeps no model instance (nor its conversation) while it waits: the
+    # database's word is fetched again when it is needed.
+    del message
     position = 0 if after is None else after
     last_ping = time.monotonic()
     live: LiveMarkdown | None = LiveMarkdown() if position == 0 else None
@@ -101,8 +104,8 @@ async def follow(
             if chunk is None or (silent and not reset):
                 # Not in the log (finished long ago, not started yet, or its process
                 # died), or silent: the database says whether it is still alive.
-                message = await sync_to_async(_reload)(message_id)
-                if message.status in Message.TERMINAL_STATUSES:
+                stored = await sync_to_async(_reload)(message_id)
+                if stored.status in Message.TERMINAL_STATUSES:
                     break
                 if silent or time.monotonic() - last_ping >= settings.CHAT_PING_INTERVAL:
                     last_ping = time.monotonic()
@@ -119,7 +122,8 @@ async def follow(
                 continue
             if reset or chunk.beyond:
                 whole = await log.read(message_id, 0, 0)
-                if whole is None:
+                if whole is None:  # gone from the log meanwhile: the database has it
+                    stored = await sync_to_async(_reload)(message_id)
                     break
                 live, blocks = LiveMarkdown.resume(whole.text)
                 yield reset_event(whole.text, blocks)
@@ -142,14 +146,14 @@ async def follow(
                 return
 
     # The database has the answer's end: it finished long ago, or its process died.
-    content = message.content
+    content = stored.content
     if reset:
         yield reset_event(content)
         position = len(content)
     elif position <= len(content):
         for event in replay_tokens(content, position):
             yield event
-    outcome = services.message_outcome(message=message)
+    outcome = services.message_outcome(message=stored)
     for event in _ending(content, outcome, render_markdown(content), position):
         yield event
 
