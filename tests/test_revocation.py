@@ -163,13 +163,14 @@ async def test_one_users_logout_leaves_other_users_readers_and_the_layer_clean(
 ) -> None:
     """The readers of a process share one channel on the layer: an announcement reaches
     its own user's readers only, and the channel leaves every group with its last reader."""
+    layer = get_channel_layer()
+    await layer.flush()  # what earlier tests' event loops left
     leaving, _ = await signed_in(user)
     staying, _ = await signed_in(other_user)
     mine = await leaving.ask(model=streaming.model_id)
     theirs = await staying.ask(model=streaming.model_id)
     leaving_stream = await following(leaving, mine["id"])
     staying_stream = await following(staying, theirs["id"])
-    layer = get_channel_layer()
     assert set(layer.groups) == {f"user-{user.pk}", f"user-{other_user.pk}"}
     # One channel in both groups, not one per stream.
     assert layer.groups[f"user-{user.pk}"].keys() == layer.groups[f"user-{other_user.pk}"].keys()
