@@ -88,24 +88,48 @@ class _FlushTimer:
             # An answer younger than one interval waits for the next tick: each is
             # saved at most once per interval of its life, wherever the ticks fall.
             born_before = time.monotonic() - settings.CHAT_FLUSH_INTERVAL
-            flushes = [
-                g.flush_state()
-                for g in list(self.generations)
-                if not g.finishing and g.started <= born_before
-            ]
-            if not flushes:
-                continue
-            try:
-                await run_db(services.message_flush_many, flushes=flushes)
-            except Exception:
-                # A missed flush costs only freshness; the final write carries all.
+            due = [g for g in self.generations if not g.finishing and g.started <= born_before]
+            if due:
+                await self._flush(due)
+                await self._abandon_unread(due)
+
+    async def _flush(self, generations: list[Generation]) -> None:
+        flushes = [g.flush_state() for g in generations]
+        try:
+            await run_db(services.message_flush_many, flushes=flushes)
+        except Exception:
+            # A missed flush costs only freshness; the final write carries all.
+            log_event(
+                logger,
+                "generation_flush_failed",
+                level=logging.ERROR,
+                exc_info=True,
+                messages=len(flushes),
+            )
+
+    async def _abandon_unread(self, generations: list[Generation]) -> None:
+        """Stop the answers that nobody has read for CHAT_ABANDON_AFTER (the flush has
+        just saved their text). Here rather than in a task per answer: one less task and
+        timer for every open stream."""
+        abandon_after = settings.CHAT_ABANDON_AFTER
+        if not abandon_after:
+            return
+        idle = await asyncio.gather(
+            *(g.idle_seconds() for g in generations), return_exceptions=True
+        )
+        for generation, seconds in zip(generations, idle, strict=True):
+            if isinstance(seconds, BaseException):
+                # Unknown: never abandon on a failed look (it is tried again next tick).
                 log_event(
                     logger,
-                    "generation_flush_failed",
+                    "generation_idle_check_failed",
                     level=logging.ERROR,
-                    exc_info=True,
-                    messages=len(flushes),
+                    exc_info=seconds,
+                    message_id=generation.message_id,
                 )
+            elif seconds > abandon_after:
+                log_event(logger, "generation_abandoned", message_id=generation.message_id)
+                generation.cancel("interrupted")
 
 
 def _flush_timer() -> _FlushTimer:
@@ -325,7 +349,6 @@ class Generation:
         finish_reason = ""
         if self.cancel_reason is not None:
             return Outcome(self.cancel_reason, self.cancel_reason)
-        watchdog = asyncio.create_task(self._watch())
         try:
             choice = model_choice(self.plan.model)
             if choice is None:
@@ -346,7 +369,7 @@ class Generation:
                     await stream.aclose()
             return Outcome(Message.Status.COMPLETE, finish_reason, *usage_fields(usage))
         except asyncio.CancelledError:
-            # Read again: the reason was set by Stop or the watchdog while we awaited.
+            # Read again: the reason was set by Stop or abandonment while we awaited.
             reason = self._cancel_reason()
             if reason is None:
                 raise
@@ -388,8 +411,6 @@ class Generation:
                 error_message="The server failed while writing this answer.",
                 retryable=True,
             )
-        finally:
-            watchdog.cancel()
 
     @property
     def finishing(self) -> bool:
@@ -409,17 +430,9 @@ class Generation:
             ttft_ms=self._ttft_ms,
         )
 
-    async def _watch(self) -> None:
-        """Stop the answer if nobody reads it (the flush timer saves its text meanwhile)."""
-        abandon_after = settings.CHAT_ABANDON_AFTER
-        if not abandon_after:
-            return
-        while True:
-            await asyncio.sleep(settings.CHAT_FLUSH_INTERVAL)
-            if await self._log.idle_seconds(self.message_id) > abandon_after:
-                log_event(logger, "generation_abandoned", message_id=self.message_id)
-                self.cancel("interrupted")
-                return
+    async def idle_seconds(self) -> float:
+        """How long the answer has had no reader, in any process."""
+        return await self._log.idle_seconds(self.message_id)
 
 
 def usage_fields(usage: Usage) -> tuple[int | None, int | None]:

@@ -35,7 +35,7 @@ def log_event(
     event: str,
     *,
     level: int = logging.INFO,
-    exc_info: bool = False,
+    exc_info: bool | BaseException = False,
     **fields: Any,
 ) -> None:
     """Log `event` with `fields` as one structured line."""

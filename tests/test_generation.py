@@ -15,6 +15,7 @@ from django.db.backends.utils import CursorWrapper
 from chat import generation, services
 from chat.models import Message
 from chat.providers.base import Finish, Usage
+from chat.streams import get_stream_log
 from tests.helpers import BLOCK, ChatApi, Pause, ScriptedProvider, eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -280,6 +281,30 @@ async def test_an_answer_being_read_is_not_abandoned_until_its_reader_leaves(
 
     await generation.generation_wait(message_id, 5)
     assert await status_of(message["id"]) == "interrupted"
+
+
+async def test_an_answer_whose_readers_cannot_be_counted_is_not_abandoned(
+    api: ChatApi, scripted: ScriptedProvider, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.CHAT_ABANDON_AFTER = 0.1
+    settings.CHAT_FLUSH_INTERVAL = 0.05
+    scripted.script = ["Nobody reads this", BLOCK]
+    log = get_stream_log()
+
+    async def unknown(message_id: uuid.UUID) -> float:
+        raise ConnectionError("the log is out of reach")
+
+    monkeypatch.setattr(log, "idle_seconds", unknown)
+    message = await api.ask(model=scripted.model_id)
+    message_id = uuid.UUID(message["id"])
+
+    # Many ticks past the abandon timeout, unread: it runs on, and its text is saved.
+    await asyncio.sleep(0.6)
+    assert generation.is_running(message_id)
+    assert (await api.message(message["id"]))["content"] == "Nobody reads this"
+    await api.stop(message["id"])
+    await generation.generation_wait(message_id, 5)
+    assert await status_of(message["id"]) == "stopped"
 
 
 async def test_stop_before_the_task_runs_ends_it_stopped(api: ChatApi, user: Any) -> None:
