@@ -68,7 +68,7 @@ class ChatASGIHandler(ASGIHandler):
         """The body as Django reads it, but one that comes whole in the first message (a
         GET's empty body, a JSON send) in a BytesIO over its bytes rather than a
         SpooledTemporaryFile: the request of an event stream keeps its body file as long
-        as the stream is open, and a spooled one costs ~2 KiB."""
+        as the stream is open, and a spooled one costs ~0.6 KiB against 0.1."""
         first = await receive()
         if first["type"] == "http.disconnect":
             raise RequestAborted()
