@@ -152,6 +152,30 @@ def keep_one_connection() -> None:
 
 _snapshot: Any = None
 _census: Counter[str] = Counter()
+_malloc_at_mark: dict[str, int] = {}
+
+
+def _malloc_info() -> dict[str, int]:
+    """glibc's malloc: bytes in use and free in its arenas and in mmap'd blocks (every C
+    allocation and Python's objects over 512 bytes; pymalloc's own arenas are apart)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost",
+            )
+        ]  # fmt: skip
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return {}
+    return {"in use": info.uordblks, "free": info.fordblks, "mmap'd": info.hblkhd}
 
 
 def _kinds() -> Counter[str]:
@@ -159,28 +183,44 @@ def _kinds() -> Counter[str]:
 
 
 def _memory_mark() -> str:
-    """Start tracing Python allocations (if not yet) and remember what is allocated now."""
+    """Remember what is allocated now, and start tracing Python's allocations (if not yet
+    and unless `BENCH_MEMORY_UNTRACED=1`: tracemalloc's own records go through malloc, so
+    malloc's figures are only true without it)."""
     global _snapshot
     import tracemalloc
 
-    if not tracemalloc.is_tracing():
+    if os.environ.get("BENCH_MEMORY_UNTRACED") != "1" and not tracemalloc.is_tracing():
         tracemalloc.start(40)
     gc.collect()
     _census.clear()
     _census.update(_kinds())
-    _snapshot = tracemalloc.take_snapshot()
+    _malloc_at_mark.clear()
+    _malloc_at_mark.update(_malloc_info())
+    _snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
     return "marked"
 
 
 def _memory_diff() -> str:
-    """Python allocations since the mark, by where they were made (largest first)."""
+    """What was allocated since the mark: objects by type, malloc's figures, tasks, and
+    (when traced) Python's allocations by where they were made (largest first)."""
     import tracemalloc
 
-    if _snapshot is None:
-        return "no mark\n"
     grown = _kinds()
     grown.subtract(_census)
     gc.collect()
+    lines = ["objects the collector tracks, by type (more since the mark):"]
+    for kind, count in grown.most_common(40):
+        lines.append(f"{count:9d}  {kind}")
+    lines.append("\nglibc malloc since the mark (KiB; pymalloc's arenas are apart):")
+    for key, value in _malloc_info().items():
+        before = _malloc_at_mark.get(key, 0)
+        lines.append(f"{(value - before) / 1024:9.0f}  {key} (now {value / 1024:.0f})")
+    lines.append("\ntasks, by coroutine:")
+    tasks = Counter(getattr(task.get_coro(), "__qualname__", "?") for task in asyncio.all_tasks())
+    for name, count in tasks.most_common(15):
+        lines.append(f"{count:9d}  {name}")
+    if _snapshot is None or not tracemalloc.is_tracing():
+        return "\n".join(lines) + "\n"
     now = tracemalloc.take_snapshot()
     if dump := os.environ.get("BENCH_MEMORY_SNAPSHOTS"):
         # For analysis beyond this summary: tracemalloc.Snapshot.load() each.
@@ -188,7 +228,7 @@ def _memory_diff() -> str:
         now.dump(f"{dump}.open")
     stats = now.compare_to(_snapshot, "traceback")
     total = sum(stat.size_diff for stat in stats)
-    lines = [f"total {total / 1024:.0f} KiB in {sum(s.count_diff for s in stats)} blocks"]
+    lines.append(f"\ntraced: {total / 1024:.0f} KiB in {sum(s.count_diff for s in stats)} blocks")
     for stat in stats[:25]:
         lines.append(f"{stat.size_diff / 1024:8.1f} KiB {stat.count_diff:6d} blocks")
         lines += [f"      {frame.filename}:{frame.lineno}" for frame in stat.traceback[-6:]]
@@ -203,9 +243,6 @@ def _memory_diff() -> str:
         total_count[1] += stat.count_diff
     for where, (size, count) in sorted(by_app.items(), key=lambda kv: -kv[1][0])[:30]:
         lines.append(f"{size / 1024:8.1f} KiB {count:6d} blocks  {where}")
-    lines.append("\nobjects the collector tracks, by type (more since the mark):")
-    for kind, count in grown.most_common(40):
-        lines.append(f"{count:9d}  {kind}")
     lines.append("\nby the line that allocated:")
     for stat in now.compare_to(_snapshot, "lineno")[:40]:
         frame = stat.traceback[0]
