@@ -195,7 +195,10 @@ class _Watchers:
     One channel and one listening task serve every reader of the process, instead of
     one of each per reader (a queue and a task: several KiB per open stream). The channel
     joins the group of each user with a reader; announcements name their user, so each
-    reaches that user's readers only.
+    reaches that user's readers only. It stays in a group until the process has no
+    reader left at all, not only that user's: leaving a group while the same user's next
+    reader joins it (a page reload) could otherwise land last, and that reader would miss
+    its sign-out. Announcements to users without a reader here are dropped on arrival.
     """
 
     def __init__(self, layer: Any) -> None:
