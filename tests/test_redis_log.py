@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,6 +15,7 @@ import redis
 from chat.events import Outcome
 from chat.models import Message
 from chat.streams import get_stream_log
+from chat.streams.base import LogUnavailable
 from chat.streams.redis import RedisStreamLog
 from tests.helpers import ChatApi, eventually
 
@@ -332,6 +334,33 @@ async def test_a_reader_told_to_expect_an_answer_gets_its_first_text_as_it_is_wr
     # Woken by the write itself, not by a later poll.
     assert loop.time() - written < 0.5
     await log.finish(message_id, Outcome("complete"), "")
+
+
+async def test_sends_at_once_share_one_ping(
+    log: RedisStreamLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = RedisCalls(monkeypatch)
+    await asyncio.gather(*(log.check_available() for _ in range(50)))
+    assert calls.count("PING") == 1
+
+
+async def test_sends_at_once_all_hear_that_redis_is_down() -> None:
+    with socket.socket() as unused:  # a port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    log = RedisStreamLog(
+        f"redis://127.0.0.1:{port}/0", prefix="chat-test-down:", retention=60, max_lifetime=60
+    )
+    try:
+        results = await asyncio.gather(
+            *(log.check_available() for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(result, LogUnavailable) for result in results), results
+        # Asked again later, it asks Redis again (a failure is not remembered).
+        with pytest.raises(LogUnavailable):
+            await log.check_available()
+    finally:
+        await log.aclose()
 
 
 async def test_a_send_pings_redis_only_when_no_write_has_just_shown_it_answers(

@@ -82,6 +82,7 @@ class RedisStreamLog(StreamLog):
         self._local = MemoryStreamLog()
         self._lengths: dict[UUID, int] = {}
         self._answered_at = float("-inf")  # when Redis last answered the writer
+        self._ping: asyncio.Future[None] | None = None  # the one in flight, if any
         self._queue: list[Op] = []
         self._queued = asyncio.Event()
         self._wakers: dict[str, asyncio.Event] = {}
@@ -199,10 +200,19 @@ class RedisStreamLog(StreamLog):
         self._state()
         if time.monotonic() - self._answered_at < PROVEN_FOR:
             return  # the writer's last round trip says it all, without one more
+        # One ping answers for every send that asks while it is out: a burst of sends
+        # would otherwise take a connection each, and wait for them all to be opened.
+        if self._ping is None:
+            self._ping = asyncio.ensure_future(self._ping_once())
+        await asyncio.shield(self._ping)
+
+    async def _ping_once(self) -> None:
         try:
             await asyncio.wait_for(self._redis.ping(), 2.0)
         except (RedisError, OSError, TimeoutError) as error:
             raise LogUnavailable(str(error)) from error
+        finally:
+            self._ping = None
         self._answered_at = time.monotonic()
 
     async def expire(self, message_id: UUID) -> None:
