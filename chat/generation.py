@@ -148,9 +148,13 @@ def generation_start(plan: services.GenerationPlan) -> Generation:
     log.open(plan.message_id)
     _running[plan.message_id] = generation
     # A fresh context: the request's context (and its thread-sensitive executor) ends
-    # with the request, while the generation goes on.
+    # with the request, while the generation goes on. The same for the callback, which
+    # would otherwise keep a copy of the request's context as long as the answer runs:
+    # its database and cache connections (a Redis one holds a 64 KiB read buffer).
     generation.task = asyncio.create_task(generation.run(), context=contextvars.Context())
-    generation.task.add_done_callback(lambda _task: _running.pop(plan.message_id, None))
+    generation.task.add_done_callback(
+        lambda _task: _running.pop(plan.message_id, None), context=contextvars.Context()
+    )
     return generation
 
 

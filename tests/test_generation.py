@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -305,6 +308,42 @@ async def test_an_answer_whose_readers_cannot_be_counted_is_not_abandoned(
     await api.stop(message["id"])
     await generation.generation_wait(message_id, 5)
     assert await status_of(message["id"]) == "stopped"
+
+
+async def test_a_running_answer_keeps_nothing_of_the_request_that_started_it(
+    scripted: ScriptedProvider, user: Any
+) -> None:
+    """What the request's context holds (its database and cache connections, say) goes
+    with the request, not with the answer, which runs on."""
+    held: contextvars.ContextVar[object] = contextvars.ContextVar("held")
+
+    class RequestThing:
+        pass
+
+    scripted.script = ["Still going", BLOCK]
+
+    def send() -> services.GenerationPlan:
+        conversation = services.conversation_create(user=user)
+        _, _, plan = services.message_send(
+            user=user, conversation=conversation, content="Hi", model=scripted.model_id
+        )
+        assert plan is not None
+        return plan
+
+    plan = await sync_to_async(send)()
+    thing = RequestThing()
+    gone = weakref.ref(thing)
+    request_context = contextvars.Context()  # as each ASGI request has one of its own
+    request_context.run(held.set, thing)
+    request_context.run(generation.generation_start, plan)
+    del thing, request_context  # the request ends
+    await eventually(lambda: scripted.runs and scripted.runs[0].yielded)
+    gc.collect()
+    message_id = plan.message_id
+    assert generation.is_running(message_id)
+    assert gone() is None
+    assert generation.generation_cancel(message_id, "stopped")
+    await generation.generation_wait(message_id, 5)
 
 
 async def test_stop_before_the_task_runs_ends_it_stopped(api: ChatApi, user: Any) -> None:
