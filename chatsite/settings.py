@@ -395,7 +395,8 @@ CHAT_REDIS_LOG_RETENTION = 600.0
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's, with one connection pool per process instead of one per request.
+            "BACKEND": "chat.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": CHAT_REDIS_PREFIX,
         }
