@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
@@ -88,8 +89,10 @@ class RedisStreamLog(StreamLog):
         self._wakers: dict[str, asyncio.Event] = {}
         # (message, position) -> the waker taken before the read that ended there.
         self._armed: dict[tuple[str, int], asyncio.Event] = {}
-        self._writer = loop.create_task(self._write_forever())
-        self._listener = loop.create_task(self._listen_forever())
+        # Empty contexts: these live as long as the process, and would otherwise keep a
+        # copy of the context of the request that first used the log.
+        self._writer = loop.create_task(self._write_forever(), context=contextvars.Context())
+        self._listener = loop.create_task(self._listen_forever(), context=contextvars.Context())
 
     def _key(self, message_id: UUID | str) -> str:
         return f"{self._prefix}log:{message_id}"
