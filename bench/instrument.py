@@ -200,6 +200,25 @@ def _memory_mark() -> str:
     return "marked"
 
 
+# Parts of a stream's memory, by the files on an allocation's way: the first that matches.
+_PARTS = (
+    ("the provider: SDK, HTTP client", ("/chat/providers/", "/openai/", "/aiohttp/", "/httpx2/")),
+    ("revocation watch", ("/chat/revocation.py", "/channels/layers")),
+    ("answer and stream log", ("/chat/generation.py", "/chat/streams/", "/chat/services.py")),
+    ("views", ("/chat/views/",)),
+    ("Django's request and response", ("/django/", "/chat/middleware.py", "/chat/handlers.py")),
+    ("the server: daphne, Twisted", ("/twisted/", "/daphne/")),
+)
+
+
+def _part(traceback: Any) -> str:
+    files = [frame.filename.replace(os.sep, "/") for frame in traceback]
+    for name, markers in _PARTS:
+        if any(marker in file for file in files for marker in markers):
+            return name
+    return "other"
+
+
 def _memory_diff() -> str:
     """What was allocated since the mark: objects by type, malloc's figures, tasks, and
     (when traced) Python's allocations by where they were made (largest first)."""
@@ -232,6 +251,12 @@ def _memory_diff() -> str:
     for stat in stats[:25]:
         lines.append(f"{stat.size_diff / 1024:8.1f} KiB {stat.count_diff:6d} blocks")
         lines += [f"      {frame.filename}:{frame.lineno}" for frame in stat.traceback[-6:]]
+    lines.append("\nby part, for all streams (the first part any frame of the traceback names):")
+    parts: Counter[str] = Counter()
+    for stat in stats:
+        parts[_part(stat.traceback)] += stat.size_diff
+    for part, size in parts.most_common():
+        lines.append(f"{size / 1024:8.1f} KiB  {part}")
     lines.append("\nby the app's line that led to it (the innermost in chat/):")
     by_app: dict[str, list[int]] = {}
     for stat in stats:
