@@ -254,7 +254,13 @@ class _Watchers:
 
     async def _listen(self, channel: str) -> None:
         while True:
-            event = await self.layer.receive(channel)
+            try:
+                event = await self.layer.receive(channel)
+            except Exception:
+                # Every reader of the process depends on this one task: it carries on.
+                logger.exception("could not receive from the channel layer; retrying")
+                await asyncio.sleep(1.0)
+                continue
             # Checks may query the database: they run beside the listener, which goes
             # back to the channel at once (a channel holds only so many messages).
             check = asyncio.create_task(self._dispatch(event))

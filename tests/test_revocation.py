@@ -25,7 +25,15 @@ from django.test import AsyncClient
 from chat import services
 from chat.consumers import CLOSE_SIGNED_OUT
 from chat.models import Message
-from tests.helpers import BLOCK, ChatApi, ScriptedProvider, SSEStream, StreamStalled, _handler
+from tests.helpers import (
+    BLOCK,
+    ChatApi,
+    ScriptedProvider,
+    SSEStream,
+    StreamStalled,
+    _handler,
+    eventually,
+)
 from tests.test_api_tokens import bearer_api
 from tests.test_consumers import ORIGIN, headers
 
@@ -192,6 +200,30 @@ async def test_one_users_logout_leaves_other_users_readers_and_the_layer_clean(
             break
         await asyncio.sleep(0.01)
     assert not any(members(group) for group in groups)
+
+
+async def test_readers_are_still_signed_out_after_the_layer_failed_once(
+    user: Any, streaming: ScriptedProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process's one listener outlives a failed receive (a dropped Redis connection)."""
+    layer = get_channel_layer()
+    receive = layer.receive
+    failures = [ConnectionError("the layer's connection dropped")]
+
+    async def flaky(channel: str) -> Any:
+        if failures:
+            raise failures.pop()
+        return await receive(channel)
+
+    monkeypatch.setattr(layer, "receive", flaky)
+    leaving, _ = await signed_in(user)
+    answer = await leaving.ask(model=streaming.model_id)
+    stream = await following(leaving, answer["id"])
+    await eventually(lambda: not failures)
+
+    assert (await leaving.client.post("/accounts/logout/")).status_code == 302
+
+    await assert_signed_out(stream)
 
 
 # --- Password change -------------------------------------------------------------------
