@@ -280,7 +280,6 @@ def _memory_diff() -> str:
 
 def _object_census() -> str:
     """The objects the garbage collector walks in a full pass (gc.freeze'd ones aside)."""
-
     gc.collect()
     tracked = gc.get_objects()
     kinds = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in tracked)
@@ -359,7 +358,6 @@ def _time_gc(phase: str, info: dict[str, int]) -> None:
 
 
 def install_gc_timer() -> None:
-
     gc.callbacks.append(_time_gc)
 
 

@@ -203,8 +203,8 @@ class _Watchers:
 
     def __init__(self, layer: Any) -> None:
         self.layer = layer
+        # By user, then by credential: the `revoked` futures of the readers it signed in.
         self.readers: dict[str, dict[Credential, set[asyncio.Future[None]]]] = {}
-        self.count = 0
         self.channel: str | None = None
         self.groups: set[str] = set()
         self.listener: asyncio.Task[None] | None = None
@@ -213,7 +213,6 @@ class _Watchers:
     def enter(self, credential: Credential, revoked: asyncio.Future[None]) -> None:
         by_credential = self.readers.setdefault(str(credential.user_id), {})
         by_credential.setdefault(credential, set()).add(revoked)
-        self.count += 1
 
     async def join(self, user_id: int) -> None:
         """Let announcements to `user_id` reach this process's readers (after `enter`)."""
@@ -239,8 +238,7 @@ class _Watchers:
             by_credential.pop(credential, None)
             if not by_credential:
                 self.readers.pop(user, None)
-        self.count -= 1
-        if self.count or self.channel is None:
+        if self.readers or self.channel is None:
             return
         # The last reader: close the channel. The next reader opens a new one, so nothing
         # below can undo what it joins.
