@@ -95,14 +95,23 @@ def install_db_counter() -> None:
 
 
 def install_redis_counter() -> None:
+    import hashlib
+
     import redis.asyncio.client as aio
     import redis.client as sync
 
+    from chat.streams.redis import WRITE_SCRIPT
+
+    writes = hashlib.sha1(WRITE_SCRIPT.encode(), usedforsecurity=False).hexdigest()  # its EVALSHA
     command = aio.Redis.execute_command
 
     async def counted_command(self: Any, *args: Any, **options: Any) -> Any:
         _bump("redis_awaited")
         _bump(f"redis_awaited:{args[0]}")
+        if args[0] == "EVALSHA" and args[1] == writes:
+            # The stream log's writer: one round trip per tick for all of a process's
+            # answers, however many tokens they carry.
+            _bump("redis_log_writes")
         return await command(self, *args, **options)  # type: ignore[no-untyped-call]
 
     execute = aio.Pipeline.execute
@@ -111,10 +120,6 @@ def install_redis_counter() -> None:
         _bump("redis_awaited")
         _bump("redis_pipeline")
         _bump("redis_pipelined_commands", len(self.command_stack))
-        if any(queued[0][0] == "XADD" for queued in self.command_stack):
-            # The stream log's writer: one round trip per tick for all of a process's
-            # answers, however many tokens they carry.
-            _bump("redis_log_writes")
         for queued in self.command_stack:
             _bump(f"redis_pipelined:{queued[0][0]}")
         return await execute(self, raise_on_error)
@@ -224,9 +229,9 @@ def _memory_diff() -> str:
     (when traced) Python's allocations by where they were made (largest first)."""
     import tracemalloc
 
+    gc.collect()
     grown = _kinds()
     grown.subtract(_census)
-    gc.collect()
     lines = ["objects the collector tracks, by type (more since the mark):"]
     for kind, count in grown.most_common(40):
         lines.append(f"{count:9d}  {kind}")

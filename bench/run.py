@@ -556,11 +556,15 @@ class Bench:
         await self.quiesce()
 
     async def idle(
-        self, target: Target, while_open: Callable[[], Awaitable[None]] | None = None
+        self,
+        target: Target,
+        while_open: Callable[[], Awaitable[None]] | None = None,
+        patience: float = 30,
     ) -> dict[str, Any]:
         """RSS per open stream whose upstream has sent headers and nothing else.
 
-        `while_open` runs once every stream is open, before they are let go.
+        `while_open` runs once every stream is open, before they are let go. `patience`
+        is how long the streams may take to open, and then to end (seconds each).
         """
         n = self.mode.idle_streams
         phase = Phase(f"idle-{target.transport}")
@@ -577,7 +581,7 @@ class Bench:
             )
             for i in range(n)
         ]
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + patience
         while time.monotonic() < deadline:
             await asyncio.sleep(0.1)
             state = await self.upstream.call("GET", "/_bench/state")
@@ -594,7 +598,7 @@ class Bench:
         if while_open is not None:
             await while_open()
         await self.upstream.call("POST", "/_bench/release")
-        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        await asyncio.wait_for(asyncio.gather(*tasks), patience)
         use = usage(a, b)
         result = {
             "streams": n,
@@ -1201,7 +1205,8 @@ async def profile(ctx: Context, seconds: float, what: str, streams: int) -> None
 
     `what` is `ramp` (`streams` answers at 50 tokens/s for `seconds`), `stft` (answers
     one at a time: the cost of a send and of a stream's start) or `memory` (what the idle
-    streams of the `idle` phase hold, by tracemalloc: Python's own allocations only) or
+    streams of the `idle` phase hold, `streams` of them, by tracemalloc: Python's own
+    allocations only) or
     `answers` (the server's CPU per short answer, from `streams` sessions at once).
     """
     server, relay = ctx.mode.configs[0]
@@ -1223,7 +1228,10 @@ async def profile(ctx: Context, seconds: float, what: str, streams: int) -> None
                 out.write_bytes(await call(bench, "/__bench__/memory/diff"))
                 print(f"memory: {out.relative_to(ROOT)}")
 
-            await bench.idle(bench.targets["sse"], diff)
+            # Under tracemalloc the server is many times slower: fewer streams (`--levels`,
+            # else the reference load's), and time for every one of them to open.
+            bench.mode = dataclasses.replace(ctx.mode, idle_streams=streams)
+            await bench.idle(bench.targets["sse"], diff, patience=100)
             return {}
         if what == "objects":
             # What a full garbage collection walks after a ramp over the WebSocket.

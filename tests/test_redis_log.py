@@ -83,6 +83,11 @@ class RedisCalls:
         return self.commands.count(name)
 
 
+def _entries(prefix: str, message_id: uuid.UUID) -> int:
+    """How many entries the message's stream holds in Redis."""
+    return int(redis.Redis.from_url(REDIS).xlen(f"{prefix}log:{message_id}"))
+
+
 async def _flushed(log: RedisStreamLog, message_id: uuid.UUID, length: int) -> None:
     async def arrived() -> bool:
         chunk = await log.read(message_id, 0, 0)
@@ -228,7 +233,7 @@ async def test_presence_of_a_reader_resets_the_idle_clock(
 
 
 async def test_readers_in_the_generating_process_cost_redis_nothing(
-    log: RedisStreamLog, monkeypatch: pytest.MonkeyPatch
+    log: RedisStreamLog, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     message_id = uuid.uuid4()
     log.open(message_id)
@@ -256,13 +261,14 @@ async def test_readers_in_the_generating_process_cost_redis_nothing(
     assert await asyncio.wait_for(reader, 3) == "".join(frames)
     reads = ("XRANGE", "XREVRANGE", "XREAD", "HSET", "HDEL", "HGETALL")
     assert [name for name in calls.commands if name in reads] == []
-    # The writer still keeps Redis current for the other processes: the text in fewer
-    # entries than frames (one per tick), then the outcome.
-    assert 2 <= calls.count("XADD") < len(frames)
+    # The writer still keeps Redis current for the other processes: the opening entry,
+    # the text in fewer entries than frames (one per tick), then the outcome.
+    assert 3 <= _entries(prefix, message_id) < len(frames) + 2
+    assert 1 <= calls.count("EVALSHA") < len(frames)
 
 
 async def test_a_tick_of_frames_is_one_round_trip_for_every_answer(
-    log: RedisStreamLog, other: RedisStreamLog, monkeypatch: pytest.MonkeyPatch
+    log: RedisStreamLog, other: RedisStreamLog, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     answers = [uuid.uuid4() for _ in range(3)]
     for message_id in answers:
@@ -278,8 +284,45 @@ async def test_a_tick_of_frames_is_one_round_trip_for_every_answer(
         await _flushed(other, message_id, len(whole))
         chunk = await other.read(message_id, 7, 0)  # inside the joined entry
         assert chunk is not None and chunk.text == whole[7:]
-    # One pipeline for 150 frames: an entry per answer and one wake-up for all three.
-    assert (calls.count("XADD"), calls.count("PUBLISH")) == (3, 1)
+    # One command for 150 frames: an entry per answer (after its opening one), and the
+    # wake-up for all three in it.
+    assert calls.commands.count("EVALSHA") == 1
+    assert [_entries(prefix, message_id) for message_id in answers] == [2, 2, 2]
+
+
+async def test_any_text_reaches_the_other_processes_as_it_was_written(
+    log: RedisStreamLog, other: RedisStreamLog
+) -> None:
+    message_id = uuid.uuid4()
+    log.open(message_id)
+    frames = ['"quoted" \\ back', "\n\ttabs\r\n", "é 漢字 😀", "\x01\x1f\u2028", "[1, {}]", " "]
+    for frame in frames:
+        log.append(message_id, frame)
+        await asyncio.sleep(0.03)  # a tick each, most of them
+    html = "<p>café</p>"
+    await log.finish(message_id, DONE, html)
+    chunk = await other.read(message_id, 0, 0)
+    assert chunk is not None
+    assert (chunk.text, chunk.outcome, chunk.html) == ("".join(frames), DONE, html)
+
+
+async def test_an_entry_redis_refuses_is_logged_and_the_rest_of_the_tick_written(
+    log: RedisStreamLog, other: RedisStreamLog, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    spoiled, fine = uuid.uuid4(), uuid.uuid4()
+    for message_id in (spoiled, fine):
+        log.open(message_id)
+        await _flushed(other, message_id, 0)
+    # An entry far ahead: the next frame's id is not above the stream's last one.
+    redis.Redis.from_url(REDIS).xadd(f"{prefix}log:{spoiled}", {"s": 0, "t": "x"}, id="999-0")
+    log.append(spoiled, "lost")
+    log.append(fine, "kept")
+    await _flushed(other, fine, 4)
+    assert _entries(prefix, spoiled) == 2
+    assert any(
+        "stream log refused an entry" in record.getMessage() and str(spoiled) in record.getMessage()
+        for record in caplog.records
+    )
 
 
 @pytest.mark.django_db(transaction=True)
