@@ -306,6 +306,38 @@ async def test_any_text_reaches_the_other_processes_as_it_was_written(
     assert (chunk.text, chunk.outcome, chunk.html) == ("".join(frames), DONE, html)
 
 
+async def test_the_writer_goes_on_after_redis_forgets_its_script(
+    log: RedisStreamLog, other: RedisStreamLog
+) -> None:
+    """A restarted Redis (or SCRIPT FLUSH) knows no scripts: the writer loads its own again."""
+    message_id = uuid.uuid4()
+    log.open(message_id)
+    await _flushed(other, message_id, 0)
+    redis.Redis.from_url(REDIS).script_flush()
+    log.append(message_id, "after the flush")
+    await _flushed(other, message_id, len("after the flush"))
+
+
+async def test_a_writer_without_redis_reports_its_failures_not_each_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = RedisStreamLog("redis://127.0.0.1:1/0", prefix="nowhere:", retention=60, max_lifetime=60)
+    try:
+        message_id = uuid.uuid4()
+        log.open(message_id)
+        for word in ("one ", "two ", "three ", "four "):
+            await asyncio.sleep(0.05)  # a tick, and a failed write, each
+            log.append(message_id, word)
+        await log.finish(message_id, DONE, "")
+        # Its own readers never needed Redis.
+        chunk = await log.read(message_id, 0, 0)
+        assert chunk is not None and chunk.text == "one two three four "
+    finally:
+        await log.aclose()
+    reports = [r for r in caplog.records if "stream log write failed" in r.getMessage()]
+    assert len(reports) == 1 and reports[0].exc_info is not None
+
+
 async def test_an_entry_redis_refuses_is_logged_and_the_rest_of_the_tick_written(
     log: RedisStreamLog, other: RedisStreamLog, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -54,6 +54,8 @@ WAKE_SLICE = 5.0
 # frames of every answer of the process. Readers in other processes see a frame at most
 # this much later; the generating process's own readers, at once.
 WRITE_TICK = 0.02
+# While writes fail, the writer reports them at most this often (seconds).
+FAILURES_EVERY = 10.0
 # A send checks that Redis answers (a PING) unless the writer's last round trip, this
 # recent, has shown it already.
 PROVEN_FOR = 1.0
@@ -162,6 +164,7 @@ class RedisStreamLog(StreamLog):
     async def _write_forever(self) -> None:
         loop = asyncio.get_running_loop()
         last = -WRITE_TICK
+        failed, reported = 0, float("-inf")  # failed ticks since the last report
         while True:
             await self._queued.wait()
             pause = last + WRITE_TICK - loop.time()
@@ -176,7 +179,16 @@ class RedisStreamLog(StreamLog):
             except Exception:
                 # Whatever failed, only this tick's entries are lost, and the writer goes
                 # on: readers fall back to the database, which the generation keeps current.
-                logger.exception("stream log write failed for %d entries", len(ops))
+                # While Redis is down that is every tick: one report per FAILURES_EVERY.
+                failed += 1
+                if last - reported >= FAILURES_EVERY:
+                    logger.exception(
+                        "stream log write failed for %d entries (%d failed writes since the "
+                        "last report)",
+                        len(ops),
+                        failed,
+                    )
+                    failed, reported = 0, last
             else:
                 if refused:
                     logger.error("stream log refused an entry: %s", refused)
