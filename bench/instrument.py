@@ -1,7 +1,7 @@
 """Counters for the server under test, installed by `bench/app_asgi.py` (never by the app).
 
 - database: every statement on every connection of every thread, through Django's
-  `execute_wrapper` (as bench/db_writes.py does), split into writes and reads by table;
+  `execute_wrapper` (bench/db_writes.py uses it too), split into writes and reads by table;
   (`BENCH_TRACE_SQL=1`: also by the app function that ran them);
 - Redis: every awaited redis-py command (`redis.asyncio`), every pipeline round trip and
   the commands in it, every published wake-up received, and the synchronous client's
