@@ -88,6 +88,14 @@ def _entries(prefix: str, message_id: uuid.UUID) -> int:
     return int(redis.Redis.from_url(REDIS).xlen(f"{prefix}log:{message_id}"))
 
 
+async def _opened(log: RedisStreamLog, other: RedisStreamLog) -> uuid.UUID:
+    """A new answer's stream, opened by `log` and seen by `other` in Redis."""
+    message_id = uuid.uuid4()
+    log.open(message_id)
+    await _flushed(other, message_id, 0)
+    return message_id
+
+
 async def _flushed(log: RedisStreamLog, message_id: uuid.UUID, length: int) -> None:
     async def arrived() -> bool:
         chunk = await log.read(message_id, 0, 0)
@@ -151,9 +159,7 @@ async def test_only_a_finished_stream_can_be_expired_at_once(
 async def test_a_waiting_reader_wakes_at_the_next_frame(
     log: RedisStreamLog, other: RedisStreamLog
 ) -> None:
-    message_id = uuid.uuid4()
-    log.open(message_id)
-    await _flushed(other, message_id, 0)
+    message_id = await _opened(log, other)
     waiting = asyncio.create_task(other.read(message_id, 0, 10))
     await asyncio.sleep(0.1)
     assert not waiting.done()
@@ -169,9 +175,7 @@ async def test_a_following_reader_asks_redis_once_per_frame(
 ) -> None:
     """A reader in another process, back for what follows the frame it just read, waits
     for the next wake-up rather than asking Redis at once for a frame not there yet."""
-    message_id = uuid.uuid4()
-    log.open(message_id)
-    await _flushed(other, message_id, 0)
+    message_id = await _opened(log, other)
     calls = RedisCalls(monkeypatch)
 
     async def follow() -> str:
@@ -217,9 +221,7 @@ async def test_presence_of_a_reader_resets_the_idle_clock(
     log: RedisStreamLog, other: RedisStreamLog, where: str
 ) -> None:
     reader = log if where == "generating process" else other
-    message_id = uuid.uuid4()
-    log.open(message_id)
-    await _flushed(other, message_id, 0)
+    message_id = await _opened(log, other)
     await asyncio.sleep(0.2)
     assert await log.idle_seconds(message_id) >= 0.2
     async with reader.reading(message_id):
@@ -310,9 +312,7 @@ async def test_the_writer_goes_on_after_redis_forgets_its_script(
     log: RedisStreamLog, other: RedisStreamLog
 ) -> None:
     """A restarted Redis (or SCRIPT FLUSH) knows no scripts: the writer loads its own again."""
-    message_id = uuid.uuid4()
-    log.open(message_id)
-    await _flushed(other, message_id, 0)
+    message_id = await _opened(log, other)
     redis.Redis.from_url(REDIS).script_flush()
     log.append(message_id, "after the flush")
     await _flushed(other, message_id, len("after the flush"))
@@ -447,9 +447,7 @@ async def test_a_send_pings_redis_only_when_no_write_has_just_shown_it_answers(
     assert calls.count("PING") == 1  # nothing written yet: it asks
     await asyncio.sleep(0.4)  # and that answer is stale now
 
-    message_id = uuid.uuid4()
-    log.open(message_id)
-    await _flushed(other, message_id, 0)
+    await _opened(log, other)  # a write, just now
     await log.check_available()
     await log.check_available()
     assert calls.count("PING") == 1  # the write a moment ago answered for it
