@@ -10,6 +10,7 @@ import pytest
 
 from chat.events import Outcome
 from chat.streams import get_stream_log
+from chat.streams.base import Waker
 from chat.streams.memory import MemoryStreamLog
 from chat.streams.redis import RedisStreamLog
 from tests.helpers import eventually
@@ -181,3 +182,20 @@ async def test_idle_time_counts_only_without_readers(
         assert await log.idle_seconds(message_id) == 0  # one reader is still there
     assert await log.idle_seconds(message_id) < 0.04  # the clock restarted when the last left
     assert await log.idle_seconds(uuid.uuid4()) == 0.0
+
+
+async def test_a_waker_lets_every_waiting_reader_go_and_forgets_those_that_gave_up() -> None:
+    waker = Waker()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await waker.wait(0.05)  # nobody sets it: back after the time
+    assert loop.time() - started >= 0.04
+    assert not waker._waiting  # the reader that gave up left nothing behind
+
+    readers = [asyncio.create_task(waker.wait(5)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    started = loop.time()
+    waker.set()
+    await asyncio.wait_for(asyncio.gather(*readers), 1)
+    assert loop.time() - started < 0.5
+    await asyncio.wait_for(waker.wait(5), 0.1)  # once set, a wait returns at once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -26,6 +27,45 @@ class Chunk:
     html: str = ""
     # The reader's position lies beyond what the log holds: it cannot be honoured.
     beyond: bool = False
+
+
+def wake_once(waiter: asyncio.Future[None]) -> None:
+    """Let a waiting reader go on; once only (a change and its timer may both come)."""
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Waker:
+    """A one-shot signal that readers wait for with a timeout: one future and one timer
+    per wait (lighter than asyncio.wait_for on an Event: no timeout context, no second
+    coroutine)."""
+
+    __slots__ = ("_waiting", "is_set")
+
+    def __init__(self) -> None:
+        self.is_set = False
+        self._waiting: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        self.is_set = True
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            wake_once(waiter)
+
+    async def wait(self, seconds: float) -> None:
+        """Until set, or for `seconds`; no error either way."""
+        if self.is_set:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(waiter)
+        timer = loop.call_later(seconds, wake_once, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if not self.is_set:
+                self._waiting.remove(waiter)  # timed out (or cancelled): not left behind
 
 
 class StreamLog(ABC):

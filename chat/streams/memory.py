@@ -13,7 +13,7 @@ from uuid import UUID
 from django.conf import settings
 
 from chat.events import Outcome
-from chat.streams.base import Chunk, StreamLog
+from chat.streams.base import Chunk, StreamLog, wake_once
 
 
 @dataclass(eq=False)
@@ -43,13 +43,7 @@ class _Entry:
     def wake(self) -> None:
         waiting, self.waiting = self.waiting, []
         for waiter in waiting:
-            _wake(waiter)
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    """Let a waiting reader go on; once only (a change and its timer may both come)."""
-    if not waiter.done():
-        waiter.set_result(None)
+            wake_once(waiter)
 
 
 class MemoryStreamLog(StreamLog):
@@ -102,7 +96,7 @@ class MemoryStreamLog(StreamLog):
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         entry.waiting.append(waiter)
-        timer = loop.call_later(wait, _wake, waiter)
+        timer = loop.call_later(wait, wake_once, waiter)
         try:
             await waiter
         finally:

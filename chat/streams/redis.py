@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from chat.events import FINAL_OFFSET, Outcome
-from chat.streams.base import Chunk, LogUnavailable, StreamLog
+from chat.streams.base import Chunk, LogUnavailable, StreamLog, Waker
 from chat.streams.memory import MemoryStreamLog
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,16 @@ redis.call('PUBLISH', ARGV[1], ARGV[2])
 return refused
 """
 
+# A read: the entries after a position (ARGV[1], an exclusive start) and, only when there
+# are none, the stream's last entry (is it there, finished, shorter than the reader
+# thinks?). One call, and one moment: a tick written between two commands could show an
+# outcome whose text the first one missed.
+READ_SCRIPT = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+')
+if #entries > 0 then return {entries} end
+return {entries, redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)}
+"""
+
 Fields = dict[FieldT, EncodableT]
 Op = tuple[str, str, Fields, asyncio.Future[None] | None]
 
@@ -104,6 +114,7 @@ class RedisStreamLog(StreamLog):
             self._url, decode_responses=True, socket_timeout=10, socket_connect_timeout=2
         )
         self._write = self._redis.register_script(WRITE_SCRIPT)
+        self._read = self._redis.register_script(READ_SCRIPT)
         # The answers this process generates, for its own readers.
         self._local = MemoryStreamLog()
         self._lengths: dict[UUID, int] = {}
@@ -111,9 +122,9 @@ class RedisStreamLog(StreamLog):
         self._ping: asyncio.Future[None] | None = None  # the one in flight, if any
         self._queue: list[Op] = []
         self._queued = asyncio.Event()
-        self._wakers: dict[str, asyncio.Event] = {}
+        self._wakers: dict[str, Waker] = {}
         # (message, position) -> the waker taken before the read that ended there.
-        self._armed: dict[tuple[str, int], asyncio.Event] = {}
+        self._armed: dict[tuple[str, int], Waker] = {}
         # Empty contexts: these live as long as the process, and would otherwise keep a
         # copy of the context of the request that first used the log.
         self._writer = loop.create_task(self._write_forever(), context=contextvars.Context())
@@ -298,30 +309,31 @@ class RedisStreamLog(StreamLog):
         # before that read is unset, nothing was written since: wait for a wake-up before
         # asking Redis, so that a frame costs its reader one round trip, not two.
         armed = self._armed.pop((str(message_id), after), None)
-        if armed is not None and wait > 0 and not armed.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(armed.wait(), min(wait, WAKE_SLICE))
+        if armed is not None and wait > 0:
+            await armed.wait(min(wait, WAKE_SLICE))
         while True:
             # Take the waker before reading, so a frame written meanwhile still wakes us.
-            waker = self._wakers.setdefault(str(message_id), asyncio.Event())
+            waker = self._wakers.get(str(message_id))
+            if waker is None:
+                waker = self._wakers[str(message_id)] = Waker()
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.xrange(key, f"({after}-0", "+")
-                    pipe.xrevrange(key, "+", "-", count=1)
-                    entries, last = await pipe.execute()
+                # From `(after-1`: past the opening entry (`0-1`) and every entry that ends
+                # at or before `after`; the first one left contains `after`.
+                found = await self._read([key], [f"({after}-1"])
             except RedisError:
                 logger.warning("stream log read failed; using the database", exc_info=True)
                 return None
             remaining = deadline - time.monotonic()
-            if not last:
+            entries = [_entry(entry) for entry in found[0]]
+            last = [_entry(entry) for entry in found[1]] if len(found) > 1 else None
+            if not entries and not last:
                 # Not written yet (its generation's first write is on its way, and wakes
                 # us), or gone. Only the caller knows which.
                 if not expected or remaining <= 0:
                     return None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waker.wait(), min(remaining, WAKE_SLICE))
+                await waker.wait(min(remaining, WAKE_SLICE))
                 continue
-            chunk = _chunk(entries, last[0], after)
+            chunk = _chunk(entries, last[0] if last else None, after)
             if chunk is not None:
                 if chunk.text and chunk.outcome is None:
                     if len(self._armed) >= 4096:  # readers that left never come back for theirs
@@ -330,8 +342,7 @@ class RedisStreamLog(StreamLog):
                 return chunk
             if remaining <= 0:
                 return Chunk("", after)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waker.wait(), min(remaining, WAKE_SLICE))
+            await waker.wait(min(remaining, WAKE_SLICE))
 
     # --- Presence ----------------------------------------------------------------------
 
@@ -421,8 +432,17 @@ def _joined(ops: list[Op]) -> list[Op]:
     return out
 
 
-def _chunk(entries: list[Any], last: Any, after: int) -> Chunk | None:
-    """The chunk after `after` from the entries following it, or None to wait for more."""
+def _entry(raw: list[Any]) -> tuple[str, dict[str, str]]:
+    """An entry as a script returns it, `[id, [field, value, ...]]`: its id and fields."""
+    entry_id, flat = raw
+    return entry_id, dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _chunk(
+    entries: list[tuple[str, dict[str, str]]], last: tuple[str, dict[str, str]] | None, after: int
+) -> Chunk | None:
+    """The chunk after `after`, from the entries that end past it or, when there are none,
+    from the stream's last entry; None to wait for more."""
     parts = []
     end = after
     outcome: Outcome | None = None
@@ -436,15 +456,15 @@ def _chunk(entries: list[Any], last: Any, after: int) -> Chunk | None:
             outcome = Outcome(**json.loads(fields["o"]))
             html = fields["h"]
             end = int(fields["n"])
-    last_id, last_fields = last
-    if outcome is None and "o" in last_fields:
-        # Finished, and the reader is past the text: the outcome is all there is.
-        outcome = Outcome(**json.loads(last_fields["o"]))
-        html = last_fields["h"]
-        end = int(last_fields["n"])
-        return Chunk("", end, outcome, html)
     if parts or outcome is not None:
         return Chunk("".join(parts), end, outcome, html)
+    if last is None:
+        return None
+    last_id, last_fields = last
+    if "o" in last_fields:
+        # Finished, and the reader is past the text: the outcome is all there is.
+        outcome = Outcome(**json.loads(last_fields["o"]))
+        return Chunk("", int(last_fields["n"]), outcome, last_fields["h"])
     length = int(last_id.split("-")[0])
     if after > length:
         return Chunk("", length, beyond=True)
