@@ -29,7 +29,7 @@ class Chunk:
     beyond: bool = False
 
 
-def wake_once(waiter: asyncio.Future[None]) -> None:
+def _wake_once(waiter: asyncio.Future[None]) -> None:
     """Let a waiting reader go on; once only (a change and its timer may both come)."""
     if not waiter.done():
         waiter.set_result(None)
@@ -50,7 +50,7 @@ class Waker:
         self.is_set = True
         waiting, self._waiting = self._waiting, []
         for waiter in waiting:
-            wake_once(waiter)
+            _wake_once(waiter)
 
     async def wait(self, seconds: float) -> None:
         """Until set, or for `seconds`; no error either way."""
@@ -59,7 +59,7 @@ class Waker:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiting.append(waiter)
-        timer = loop.call_later(seconds, wake_once, waiter)
+        timer = loop.call_later(seconds, _wake_once, waiter)
         try:
             await waiter
         finally:

@@ -13,7 +13,7 @@ from uuid import UUID
 from django.conf import settings
 
 from chat.events import Outcome
-from chat.streams.base import Chunk, StreamLog, wake_once
+from chat.streams.base import Chunk, StreamLog, Waker
 
 
 @dataclass(eq=False)
@@ -23,8 +23,8 @@ class _Entry:
     ends: list[int] = field(default_factory=list)
     outcome: Outcome | None = None
     html: str = ""
-    # Readers waiting for the next change: plain futures, each woken once.
-    waiting: list[asyncio.Future[None]] = field(default_factory=list)
+    # What readers waiting for the next change wait on; a new one after each change.
+    waker: Waker = field(default_factory=Waker)
     readers: int = 0
     idle_since: float = field(default_factory=time.monotonic)
 
@@ -41,9 +41,8 @@ class _Entry:
         return head + "".join(self.frames[index + 1 :])
 
     def wake(self) -> None:
-        waiting, self.waiting = self.waiting, []
-        for waiter in waiting:
-            wake_once(waiter)
+        waker, self.waker = self.waker, Waker()
+        waker.set()
 
 
 class MemoryStreamLog(StreamLog):
@@ -91,16 +90,7 @@ class MemoryStreamLog(StreamLog):
         if entry.outcome is not None or after > entry.length:
             beyond = entry.outcome is None
             return Chunk("", entry.length, entry.outcome, entry.html, beyond=beyond)
-        # One future and one timer per wait, for every frame of every reader (lighter
-        # than asyncio.wait_for on an Event: no timeout context, no second coroutine).
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        entry.waiting.append(waiter)
-        timer = loop.call_later(wait, wake_once, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
+        await entry.waker.wait(wait)
         if entry.length == after and entry.outcome is None:
             return Chunk("", after)  # the time was up
         return Chunk(entry.text_after(after), entry.length, entry.outcome, entry.html)
