@@ -325,15 +325,15 @@ class RedisStreamLog(StreamLog):
                 return None
             remaining = deadline - time.monotonic()
             entries = [_entry(entry) for entry in found[0]]
-            last = [_entry(entry) for entry in found[1]] if len(found) > 1 else None
-            if not entries and not last:
+            last = _entry(found[1][0]) if len(found) > 1 and found[1] else None
+            if not entries and last is None:
                 # Not written yet (its generation's first write is on its way, and wakes
                 # us), or gone. Only the caller knows which.
                 if not expected or remaining <= 0:
                     return None
                 await waker.wait(min(remaining, WAKE_SLICE))
                 continue
-            chunk = _chunk(entries, last[0] if last else None, after)
+            chunk = _chunk(entries, last, after)
             if chunk is not None:
                 if chunk.text and chunk.outcome is None:
                     if len(self._armed) >= 4096:  # readers that left never come back for theirs
@@ -438,6 +438,11 @@ def _entry(raw: list[Any]) -> tuple[str, dict[str, str]]:
     return entry_id, dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+def _outcome(fields: dict[str, str]) -> tuple[Outcome, str, int]:
+    """The outcome entry's outcome, the answer's HTML and its length."""
+    return Outcome(**json.loads(fields["o"])), fields["h"], int(fields["n"])
+
+
 def _chunk(
     entries: list[tuple[str, dict[str, str]]], last: tuple[str, dict[str, str]] | None, after: int
 ) -> Chunk | None:
@@ -453,9 +458,7 @@ def _chunk(
             parts.append(fields["t"][max(after - start, 0) :])
             end = int(entry_id.split("-")[0])
         elif "o" in fields:
-            outcome = Outcome(**json.loads(fields["o"]))
-            html = fields["h"]
-            end = int(fields["n"])
+            outcome, html, end = _outcome(fields)
     if parts or outcome is not None:
         return Chunk("".join(parts), end, outcome, html)
     if last is None:
@@ -463,8 +466,8 @@ def _chunk(
     last_id, last_fields = last
     if "o" in last_fields:
         # Finished, and the reader is past the text: the outcome is all there is.
-        outcome = Outcome(**json.loads(last_fields["o"]))
-        return Chunk("", int(last_fields["n"]), outcome, last_fields["h"])
+        outcome, html, end = _outcome(last_fields)
+        return Chunk("", end, outcome, html)
     length = int(last_id.split("-")[0])
     if after > length:
         return Chunk("", length, beyond=True)
