@@ -158,6 +158,7 @@ def keep_one_connection() -> None:
 _snapshot: Any = None
 _census: Counter[str] = Counter()
 _malloc_at_mark: dict[str, int] = {}
+_traced_at_mark: list[int] = [0]
 
 
 def _malloc_info() -> dict[str, int]:
@@ -202,6 +203,9 @@ def _memory_mark() -> str:
     _malloc_at_mark.clear()
     _malloc_at_mark.update(_malloc_info())
     _snapshot = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
+    if tracemalloc.is_tracing():
+        tracemalloc.reset_peak()
+        _traced_at_mark[:] = [tracemalloc.get_traced_memory()[0]]
     return "marked"
 
 
@@ -253,6 +257,11 @@ def _memory_diff() -> str:
     stats = now.compare_to(_snapshot, "traceback")
     total = sum(stat.size_diff for stat in stats)
     lines.append(f"\ntraced: {total / 1024:.0f} KiB in {sum(s.count_diff for s in stats)} blocks")
+    current, peak = tracemalloc.get_traced_memory()
+    lines.append(
+        f"traced at most since the mark: {(peak - _traced_at_mark[0]) / 1024:.0f} KiB"
+        f" (now {(current - _traced_at_mark[0]) / 1024:.0f})"
+    )
     for stat in stats[:25]:
         lines.append(f"{stat.size_diff / 1024:8.1f} KiB {stat.count_diff:6d} blocks")
         lines += [f"      {frame.filename}:{frame.lineno}" for frame in stat.traceback[-6:]]
