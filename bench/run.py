@@ -19,7 +19,9 @@ Send-to-first-token (one at a time); a cohort at 200 tokens/s; then a closed-loo
 50 tokens/s: N sessions each streaming answer after answer, N rising level by level, each
 level measured over a window; capacity is the last level whose p99 added latency is at
 most 100 ms. Added latency = the client's receipt of a token minus the upstream's stamp
-of its chunk (one monotonic clock for all processes). Results go to bench/results/.
+of its chunk (one monotonic clock for all processes). In full mode, four more rounds
+then compare the Redis log with the in-process log, one reference window of each in
+turns (see `alternating_windows`). Results go to bench/results/.
 """
 
 from __future__ import annotations
@@ -104,6 +106,9 @@ class Mode:
     slow_cohort: bool = False  # a whole-life cohort at 50 tokens/s as well
     users: int = 20
     conversations: int = 120  # prepared per user and configuration
+    # Rounds of one reference window each of the in-process and the Redis log, in turns
+    # (see `alternating_windows`).
+    pairs: int = 0
     phases: frozenset[str] = frozenset(PHASES)
 
 
@@ -141,6 +146,7 @@ MODES = {
         slow_cohort=True,
         users=50,
         conversations=400,
+        pairs=4,
     ),
 }
 
@@ -1004,6 +1010,36 @@ async def measure(bench: Bench) -> dict[str, Any]:
     return out
 
 
+async def reference_window(bench: Bench) -> dict[str, Any]:
+    """The server's CPU per 1,000 tokens in one window at the reference load."""
+    await bench.warm_up()
+    ramp = await bench.ramp(bench.targets["sse"], (bench.mode.ref_streams,))
+    level = ramp["levels"][0]
+    return {"cpu_s_per_1k_tokens": level["cpu_s_per_1k_tokens"], "tokens": level["tokens"]}
+
+
+def alternating_windows(ctx: Context, server: str) -> list[dict[str, Any]]:
+    """The Redis log's CPU against the in-process log's, window by window, in turns.
+
+    A run measures each configuration once, minutes apart; on a shared machine a slow
+    spell that falls on one of the two windows moves their ratio by 20% or more (the same
+    code has read 1.16x and 1.39x an hour apart). Here each round runs one reference
+    window of each, in the order ABBA across rounds so that a steady drift cancels; the
+    report takes the median of the rounds' ratios and shows their spread.
+    """
+    rounds = []
+    for round_ in range(ctx.mode.pairs):
+        order = ("app", "app-redis") if round_ % 2 == 0 else ("app-redis", "app")
+        cpu = {}
+        for relay in order:
+            result = asyncio.run(run_config(ctx, server, relay, reference_window))
+            cpu[relay] = result["cpu_s_per_1k_tokens"]
+        ratio = cpu["app-redis"] / cpu["app"]
+        print(f"  round {round_ + 1}: Redis log / in-process CPU {ratio:.2f}x", flush=True)
+        rounds.append({"server": server, "round": round_ + 1, **cpu})
+    return rounds
+
+
 # --- Checks and the machine ----------------------------------------------------------
 
 
@@ -1122,6 +1158,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--levels", help="comma list of ramp levels (concurrent streams)")
     parser.add_argument("--window", type=float, help="seconds measured per ramp level")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        help="rounds of in-process and Redis log windows in turns (full mode: 4)",
+    )
     return parser.parse_args()
 
 
@@ -1141,6 +1182,8 @@ def main() -> None:
         mode = dataclasses.replace(mode, levels=tuple(int(n) for n in args.levels.split(",")))
     if args.window:
         mode = dataclasses.replace(mode, window=args.window)
+    if args.pairs is not None:
+        mode = dataclasses.replace(mode, pairs=args.pairs)
     if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         raise SystemExit("the benchmark needs two cores and `taskset` (util-linux)")
     os.sched_setaffinity(0, {LOAD_CORE})
@@ -1179,6 +1222,12 @@ def main() -> None:
         for server, relay in configs:
             print(f"{server} / {relay}", flush=True)
             results.append(asyncio.run(run_config(ctx, server, relay, measure)))
+        pairs = []
+        if "ramp" in mode.phases and mode.pairs:
+            for server in dict.fromkeys(server for server, _relay in configs):
+                if {(server, "app"), (server, "app-redis")} <= set(configs):
+                    print(f"{server}: in-process and Redis log in turns", flush=True)
+                    pairs += alternating_windows(ctx, server)
         run = {
             "mode": mode.name,
             "settings": {k: v for k, v in dataclasses.asdict(mode).items() if k != "configs"},
@@ -1186,6 +1235,7 @@ def main() -> None:
             "seconds": time.monotonic() - run_started,
             "machine": machine(),
             "results": results,
+            "pairs": pairs,
         }
         out = RAW / f"run-{stamp}-{mode.name}.json"
         out.write_text(json.dumps(run, indent=1, default=list))
