@@ -90,6 +90,16 @@ return {entries, redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)}
 """
 
 Fields = dict[FieldT, EncodableT]
+
+
+@dataclasses.dataclass(slots=True)
+class _Writing:
+    """An answer this process generates, as its writer keeps it."""
+
+    sid: str  # its id as keys and wake-ups spell it (a UUID's str() is not free)
+    length: int = 0  # of its text so far
+
+
 Op = tuple[str, str, Fields, asyncio.Future[None] | None]
 
 
@@ -117,7 +127,7 @@ class RedisStreamLog(StreamLog):
         self._read = self._redis.register_script(READ_SCRIPT)
         # The answers this process generates, for its own readers.
         self._local = MemoryStreamLog()
-        self._lengths: dict[UUID, int] = {}
+        self._writing: dict[UUID, _Writing] = {}
         self._answered_at = float("-inf")  # when Redis last answered the writer
         self._ping: asyncio.Future[None] | None = None  # the one in flight, if any
         self._queue: list[Op] = []
@@ -138,23 +148,24 @@ class RedisStreamLog(StreamLog):
     def open(self, message_id: UUID) -> None:
         self._state()
         self._local.open(message_id)
-        self._lengths[message_id] = 0
-        self._enqueue(message_id, "0-1", {"open": "1"})
+        writing = self._writing[message_id] = _Writing(str(message_id))
+        self._enqueue(writing.sid, "0-1", {"open": "1"})
 
     def append(self, message_id: UUID, text: str) -> None:
         if not text:
             return
         self._local.append(message_id, text)
-        start = self._lengths[message_id]
-        end = start + len(text)
-        self._lengths[message_id] = end
-        self._enqueue(message_id, f"{end}-0", {"s": start, "t": text})
+        writing = self._writing[message_id]
+        start = writing.length
+        writing.length = end = start + len(text)
+        self._enqueue(writing.sid, f"{end}-0", {"s": start, "t": text})
 
     async def finish(self, message_id: UUID, outcome: Outcome, html: str) -> None:
-        length = self._lengths.pop(message_id, 0)
+        writing = self._writing.pop(message_id, None) or _Writing(str(message_id))
+        length = writing.length
         fields: Fields = {"o": json.dumps(dataclasses.asdict(outcome)), "h": html, "n": length}
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._enqueue(message_id, f"{length + FINAL_OFFSET}-0", fields, done)
+        self._enqueue(writing.sid, f"{length + FINAL_OFFSET}-0", fields, done)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done, 5.0)
         # Last, as the in-process log does it: a reader given the end finds the
@@ -164,12 +175,12 @@ class RedisStreamLog(StreamLog):
 
     def _enqueue(
         self,
-        message_id: UUID,
+        message_id: str,
         entry_id: str,
         fields: Fields,
         done: asyncio.Future[None] | None = None,
     ) -> None:
-        self._queue.append((str(message_id), entry_id, fields, done))
+        self._queue.append((message_id, entry_id, fields, done))
         self._queued.set()
 
     async def _write_forever(self) -> None:
