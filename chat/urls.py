@@ -7,6 +7,9 @@ from chat.views import api, pages, preferences, stream
 app_name = "chat"
 
 urlpatterns = [
+    # First: a request keeps its match, with a list of every pattern tried before it, for
+    # as long as its event stream stays open.
+    path("api/messages/<str:message_id>/stream", stream.message_stream, name="api-stream"),
     path("", pages.home, name="home"),
     path("c/<uuid:conversation_id>/", pages.conversation_page, name="conversation"),
     path("c/<uuid:conversation_id>/transcript", pages.transcript, name="transcript"),
@@ -29,7 +32,6 @@ urlpatterns = [
         name="api-conversation-messages",
     ),
     path("api/messages/<str:message_id>", api.message, name="api-message"),
-    path("api/messages/<str:message_id>/stream", stream.message_stream, name="api-stream"),
     path("api/messages/<str:message_id>/stop", api.message_stop, name="api-stop"),
     path("api/messages/<str:message_id>/edit", api.message_edit, name="api-edit"),
     path("api/messages/<str:message_id>/regenerate", api.message_regenerate, name="api-regenerate"),

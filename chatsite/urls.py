@@ -8,6 +8,8 @@ from chat.views import accounts, health, pages
 from chat.views.errors import api_not_found, api_server_error
 
 urlpatterns = [
+    # The app's own first, its event stream at their head (see chat/urls.py).
+    path("", include("chat.urls")),
     # The admin's sign-in, with the throttle's message (the throttle itself is in the
     # authentication backend, so it holds here anyway).
     path("admin/login/", accounts.throttled_login(admin.site.login)),
@@ -35,7 +37,6 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics, name="metrics"),
-    path("", include("chat.urls")),
 ]
 
 handler404 = api_not_found
