@@ -1,13 +1,51 @@
-"""The ASGI handler reads request bodies as Django does, whole or in parts."""
+"""The ASGI handler reads request bodies as Django does, whole or in parts, serves a
+request as Django does (a client that leaves cancels its view), and leaves no reference
+cycle behind."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+from types import FrameType
 from typing import Any
 
 import pytest
+from django.contrib.auth.decorators import login_not_required
+from django.core import signals
 from django.core.exceptions import RequestAborted
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from django.urls import path
 
 from chat.handlers import ChatASGIHandler
+
+view_calls: list[str] = []
+
+
+@login_not_required
+async def slow_view(request: HttpRequest) -> HttpResponse:
+    view_calls.append("started")
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        view_calls.append("cancelled")
+        raise
+    return HttpResponse("late")
+
+
+@login_not_required
+async def quick_view(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("quick")
+
+
+urlpatterns = [path("slow", slow_view), path("quick", quick_view)]
+
+
+async def started() -> None:
+    """Once the slow view runs."""
+    async with asyncio.timeout(5):
+        while not view_calls:
+            await asyncio.sleep(0.01)
 
 
 def receiving(*messages: dict[str, Any]) -> Any:
@@ -56,3 +94,115 @@ async def test_a_client_that_leaves_mid_body_aborts_the_request(parts_before: in
     parts = [{"type": "http.request", "body": b"part", "more_body": True}] * parts_before
     with pytest.raises(RequestAborted):
         await ChatASGIHandler().read_body(receiving(*parts, {"type": "http.disconnect"}))
+
+
+def scope(path: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("localhost", 80),
+    }
+
+
+class Client:
+    """One request's ASGI side: the request message, then a disconnect when told."""
+
+    def __init__(self) -> None:
+        self.left = asyncio.Event()
+        self.sent: list[dict[str, Any]] = []
+        self._request = [{"type": "http.request"}]
+
+    async def receive(self) -> dict[str, Any]:
+        if self._request:
+            return self._request.pop()
+        await self.left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+
+@pytest.fixture
+def finished() -> Any:
+    """How many times Django's request_finished signal was sent."""
+    count = [0]
+
+    def receiver(**kwargs: Any) -> None:
+        count[0] += 1
+
+    signals.request_finished.connect(receiver)
+    yield count
+    signals.request_finished.disconnect(receiver)
+
+
+@pytest.mark.urls(__name__)
+async def test_a_request_is_answered_and_finished(finished: list[int]) -> None:
+    client = Client()
+    await ChatASGIHandler()(scope("/quick"), client.receive, client.send)
+    assert client.sent[0]["status"] == 200
+    assert b"".join(m.get("body", b"") for m in client.sent[1:]) == b"quick"
+    assert finished == [1]
+
+
+@pytest.mark.urls(__name__)
+async def test_a_client_that_leaves_cancels_the_view_and_the_request_ends_quietly(
+    finished: list[int],
+) -> None:
+    view_calls.clear()
+    client = Client()
+    request = asyncio.create_task(ChatASGIHandler()(scope("/slow"), client.receive, client.send))
+    await started()
+    client.left.set()
+    await asyncio.wait_for(request, 5)  # no error: a client that leaves is no failure
+    assert view_calls == ["started", "cancelled"]
+    assert client.sent == []
+    assert finished == [1]
+
+
+@pytest.mark.urls(__name__)
+async def test_a_request_cancelled_from_outside_stays_cancelled() -> None:
+    view_calls.clear()
+    client = Client()
+    request = asyncio.create_task(ChatASGIHandler()(scope("/slow"), client.receive, client.send))
+    await started()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert view_calls == ["started", "cancelled"]
+
+
+@pytest.mark.urls(__name__)
+async def test_a_request_leaves_no_cycle_through_its_frames() -> None:
+    """Its response and the handler's frames are freed when it ends, not by the garbage
+    collector: Django's own handler ends each request with an exception (of a class made
+    for it) whose traceback holds the frames, and with them the response. (A request
+    and the objects that the middleware hangs on it still point at each other.)"""
+    handler = ChatASGIHandler()
+    await handler(scope("/quick"), Client().receive, Client().send)  # warm: imports, caches
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        client = Client()
+        await handler(scope("/quick"), client.receive, client.send)
+        gc.collect()
+        kept = [
+            type(o).__qualname__
+            for o in gc.garbage
+            if isinstance(o, HttpResponseBase | BaseException | FrameType | type)
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert client.sent[0]["status"] == 200
+    assert kept == []
