@@ -8,6 +8,7 @@ afterwards, never how the request was made inside.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -171,7 +172,9 @@ async def test_the_sidebar_keeps_refreshing_while_a_title_is_on_its_way(
     conversation = await api.create_conversation(model=scripted.model_id)
     sent = await api.send(conversation["id"], "What takes a while to name?")
     await api.finished(sent["assistant_message"]["id"])
-    assert len(scripted.runs) == 2  # the title request is under way
+    async with asyncio.timeout(5):  # the title request starts once the answer has ended
+        while len(scripted.runs) < 2:
+            await asyncio.sleep(0.01)
 
     waiting = await _sidebar(api, conversation["id"])
     assert "chat:final from:document, load delay:1s" in waiting
