@@ -24,7 +24,7 @@ from chat.db import holds_server_connections
 from chat.handlers import ChatASGIHandler, request_threads
 from chat.models import Message
 from chat.providers.base import Finish, Usage
-from tests.helpers import ChatApi, ScriptedProvider, eventually
+from tests.helpers import ChatApi, ScriptedProvider, eventually, http_scope
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -133,21 +133,7 @@ async def test_with_sqlite_the_generation_reuses_its_connections_across_flushes(
 
 
 def _stream_scope(message_id: str, cookie: str) -> dict[str, Any]:
-    path = f"/api/messages/{message_id}/stream"
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"cookie", cookie.encode())],
-        "client": ("127.0.0.1", 40000),
-        "server": ("testserver", 80),
-    }
+    return http_scope(f"/api/messages/{message_id}/stream", [(b"cookie", cookie.encode())])
 
 
 async def test_open_event_streams_start_no_threads_of_their_own(

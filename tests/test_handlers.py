@@ -18,6 +18,11 @@ from django.http.response import HttpResponseBase
 from django.urls import path
 
 from chat.handlers import ChatASGIHandler
+from tests.helpers import http_scope
+
+# Requests run on the app's long-lived request threads, whose database connections
+# outlive a test: Django checks them at every request's start.
+pytestmark = pytest.mark.django_db
 
 view_calls: list[str] = []
 
@@ -96,23 +101,6 @@ async def test_a_client_that_leaves_mid_body_aborts_the_request(parts_before: in
         await ChatASGIHandler().read_body(receiving(*parts, {"type": "http.disconnect"}))
 
 
-def scope(path: str) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"localhost")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("localhost", 80),
-    }
-
-
 class Client:
     """One request's ASGI side: the request message, then a disconnect when told."""
 
@@ -147,7 +135,7 @@ def finished() -> Any:
 @pytest.mark.urls(__name__)
 async def test_a_request_is_answered_and_finished(finished: list[int]) -> None:
     client = Client()
-    await ChatASGIHandler()(scope("/quick"), client.receive, client.send)
+    await ChatASGIHandler()(http_scope("/quick"), client.receive, client.send)
     assert client.sent[0]["status"] == 200
     assert b"".join(m.get("body", b"") for m in client.sent[1:]) == b"quick"
     assert finished == [1]
@@ -159,7 +147,9 @@ async def test_a_client_that_leaves_cancels_the_view_and_the_request_ends_quietl
 ) -> None:
     view_calls.clear()
     client = Client()
-    request = asyncio.create_task(ChatASGIHandler()(scope("/slow"), client.receive, client.send))
+    request = asyncio.create_task(
+        ChatASGIHandler()(http_scope("/slow"), client.receive, client.send)
+    )
     await started()
     client.left.set()
     await asyncio.wait_for(request, 5)  # no error: a client that leaves is no failure
@@ -172,7 +162,9 @@ async def test_a_client_that_leaves_cancels_the_view_and_the_request_ends_quietl
 async def test_a_request_cancelled_from_outside_stays_cancelled() -> None:
     view_calls.clear()
     client = Client()
-    request = asyncio.create_task(ChatASGIHandler()(scope("/slow"), client.receive, client.send))
+    request = asyncio.create_task(
+        ChatASGIHandler()(http_scope("/slow"), client.receive, client.send)
+    )
     await started()
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -187,13 +179,13 @@ async def test_a_request_leaves_no_cycle_through_its_frames() -> None:
     for it) whose traceback holds the frames, and with them the response. (A request
     and the objects that the middleware hangs on it still point at each other.)"""
     handler = ChatASGIHandler()
-    await handler(scope("/quick"), Client().receive, Client().send)  # warm: imports, caches
+    await handler(http_scope("/quick"), Client().receive, Client().send)  # warm: imports, caches
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         client = Client()
-        await handler(scope("/quick"), client.receive, client.send)
+        await handler(http_scope("/quick"), client.receive, client.send)
         gc.collect()
         kept = [
             type(o).__qualname__
