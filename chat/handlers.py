@@ -17,7 +17,8 @@ response against the client's disconnect in a TaskGroup that it leaves by raisin
 exception of a class made for each request: the exception group, its traceback and the
 handler's frames form a cycle, which holds the request and its response until the
 garbage collector finds it, and a class per request is slow to make and to collect (at
-60 streams, 13,800 such objects in 8 seconds, the collector's passes 17-31 ms each).
+60 streams: 134 objects per request left to the collector, frames, timers and contexts
+among them; 51 here).
 Here the disconnect listener cancels the request's task through a plain done callback:
 the frames and the response go when the request ends. (The request itself and what the
 middleware hangs on it, its messages and user, still point at each other.)

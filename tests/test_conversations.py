@@ -8,7 +8,6 @@ afterwards, never how the request was made inside.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -24,7 +23,7 @@ from chat import services, titles
 from chat.models import Conversation, Message
 from chat.providers.demo import demo_title
 from tests.fakes import OpenAIServer, Script
-from tests.helpers import ChatApi, Pause, ScriptedProvider
+from tests.helpers import ChatApi, Pause, ScriptedProvider, eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -172,9 +171,8 @@ async def test_the_sidebar_keeps_refreshing_while_a_title_is_on_its_way(
     conversation = await api.create_conversation(model=scripted.model_id)
     sent = await api.send(conversation["id"], "What takes a while to name?")
     await api.finished(sent["assistant_message"]["id"])
-    async with asyncio.timeout(5):  # the title request starts once the answer has ended
-        while len(scripted.runs) < 2:
-            await asyncio.sleep(0.01)
+    # The title request starts once the answer has ended.
+    await eventually(lambda: len(scripted.runs) == 2)
 
     waiting = await _sidebar(api, conversation["id"])
     assert "chat:final from:document, load delay:1s" in waiting

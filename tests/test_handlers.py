@@ -18,7 +18,7 @@ from django.http.response import HttpResponseBase
 from django.urls import path
 
 from chat.handlers import ChatASGIHandler
-from tests.helpers import http_scope
+from tests.helpers import eventually, http_scope
 
 # Requests run on the app's long-lived request threads, whose database connections
 # outlive a test: Django checks them at every request's start.
@@ -44,13 +44,6 @@ async def quick_view(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns = [path("slow", slow_view), path("quick", quick_view)]
-
-
-async def started() -> None:
-    """Once the slow view runs."""
-    async with asyncio.timeout(5):
-        while not view_calls:
-            await asyncio.sleep(0.01)
 
 
 def receiving(*messages: dict[str, Any]) -> Any:
@@ -150,7 +143,7 @@ async def test_a_client_that_leaves_cancels_the_view_and_the_request_ends_quietl
     request = asyncio.create_task(
         ChatASGIHandler()(http_scope("/slow"), client.receive, client.send)
     )
-    await started()
+    await eventually(lambda: view_calls)  # the slow view runs
     client.left.set()
     await asyncio.wait_for(request, 5)  # no error: a client that leaves is no failure
     assert view_calls == ["started", "cancelled"]
@@ -165,7 +158,7 @@ async def test_a_request_cancelled_from_outside_stays_cancelled() -> None:
     request = asyncio.create_task(
         ChatASGIHandler()(http_scope("/slow"), client.receive, client.send)
     )
-    await started()
+    await eventually(lambda: view_calls)  # the slow view runs
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
         await request
