@@ -347,6 +347,7 @@ def markdown(run: Result) -> str:
         redis = level["per_token"][path] if level else None
         writes = level.get("redis_log_writes_per_s") if level else None
         stft_ws = result.get("stft_ws", {}).get("stft_ms", {})
+        answers = result.get("answers")
         body.append(
             [
                 name(result),
@@ -358,6 +359,12 @@ def markdown(run: Result) -> str:
                 num(whole["per_message"]["redis_sync"], 1),
                 pair(result["stft_sse"]["stft_ms"]["p50"], result["stft_sse"]["stft_ms"]["max"]),
                 pair(stft_ws.get("p50"), stft_ws.get("max")),
+                (
+                    f"{answers['cpu_ms_per_answer']:.1f} "
+                    f"({answers['threads_cpu_ms_per_answer']:.1f})"
+                    if answers
+                    else "-"
+                ),
             ]
         )
     out += table(
@@ -371,6 +378,7 @@ def markdown(run: Result) -> str:
             "sync Redis calls per message",
             "Send-to-first-token SSE p50 / max ms",
             "WebSocket p50 / max ms",
+            "server CPU per 5-token answer ms (in threads)",
         ],
         body,
     )
@@ -379,7 +387,10 @@ def markdown(run: Result) -> str:
         "DB writes per message are counted over whole answers "
         f"({lifecycle(run['results'][0])['answer_seconds']:.1f} s each); "
         "Send-to-first-token runs one answer at a time, from the POST (or the `send` frame) "
-        "to the first token, with an upstream that answers at once.",
+        "to the first token, with an upstream that answers at once. The CPU per answer "
+        f"comes from {settings.get('short_answers', 400)} answers of five tokens, four at a "
+        "time, the server's idle CPU taken out: the cost of an answer apart from its "
+        "tokens, paid N / 10 times a second by a ramp level of N streams.",
         "",
         "## Targets (issue #9; ratios within this run)",
         "",

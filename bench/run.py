@@ -15,10 +15,12 @@ reported beside the server's so that it shows they were not the bottleneck. Rela
 - `app`, `app-redis`: the app (bench/app_asgi.py), with the in-process or the Redis log.
 
 Every stream is a 500-token answer. Phases per configuration: warm-up; idle streams (RSS);
-Send-to-first-token (one at a time); a cohort at 200 tokens/s; then a closed-loop ramp at
-50 tokens/s: N sessions each streaming answer after answer, N rising level by level, each
-level measured over a window; capacity is the last level whose p99 added latency is at
-most 100 ms. Added latency = the client's receipt of a token minus the upstream's stamp
+Send-to-first-token (one at a time); the server's CPU per answer of five tokens (what an
+answer costs apart from its tokens); a cohort at 200 tokens/s; then a closed-loop ramp at
+50 tokens/s: N sessions each streaming answer after answer (the first of random length, so
+that answers end and start at a steady rate), N rising level by level, each level
+measured over a window; capacity is the last level whose p99 added latency is at most
+100 ms. Added latency = the client's receipt of a token minus the upstream's stamp
 of its chunk (one monotonic clock for all processes). In full mode, four more rounds
 then compare the Redis log with the in-process log, one reference window of each in
 turns (see `alternating_windows`). Results go to bench/results/.
@@ -80,7 +82,7 @@ FOREIGN_LIMIT = 0.15
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MODEL = "openai:bench-model"
 SLOW, FAST = 50.0, 200.0  # tokens/s per stream
-PHASES = ("idle", "stft", "fast", "slow", "ws", "ramp")
+PHASES = ("idle", "stft", "answers", "fast", "slow", "ws", "ramp")
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class Mode:
     fast_streams: int = 10  # the 200 tokens/s cohort: 2,000 tokens/s too
     idle_streams: int = 40
     stft_runs: int = 6
+    short_answers: int = 100  # answers of five tokens, for the CPU of an answer
     levels: tuple[int, ...] = (20, 40, 80, 120, 160, 200, 240, 300)
     settle: float = 1.2  # seconds from a level's start to its window
     window: float = 1.0  # seconds measured per level
@@ -133,6 +136,7 @@ MODES = {
         configs=ALL,
         idle_streams=300,
         stft_runs=30,
+        short_answers=400,
         levels=(20, 40, 60, 80, 100, 120, 140, 160, 180, 200, 230, 260, 300, 350, 400, 500),
         # New streams join at no more than ~15 sends a second, nearer a steady state.
         settle=3.5,
@@ -727,10 +731,17 @@ class Bench:
             try:
                 async with target.session(phase.meter) as session:
                     seq = 0
+                    # A first answer of random length: sessions that start together
+                    # would otherwise end and start their answers together, answer after
+                    # answer, and a window would see the churn of a steady state (N / 10
+                    # new answers a second) or none of it, by luck.
+                    tokens = random.randint(1, mode.tokens)
                     while not stop.is_set():
                         key = f"{phase.tag}.{wid}.{seq}"
                         seq += 1
-                        record = await self.one(target, phase, key, self.prompt(key, SLOW), session)
+                        prompt = self.prompt(key, SLOW, tokens=tokens)
+                        tokens = mode.tokens
+                        record = await self.one(target, phase, key, prompt, session)
                         if record.error:
                             await asyncio.sleep(0.2)
             except (OSError, RuntimeError) as error:
@@ -988,6 +999,9 @@ async def measure(bench: Bench) -> dict[str, Any]:
         if ws is not None:
             out["stft_ws"] = await bench.stft(ws)
         note(f"send-to-first-token p50 {out['stft_sse']['stft_ms']['p50']:.1f} ms")
+    if "answers" in mode.phases:
+        out["answers"] = await answer_cost(bench, answers=mode.short_answers)
+        note(f"server CPU per short answer {out['answers']['cpu_ms_per_answer']:.2f} ms")
     if "fast" in mode.phases:
         out["fast_sse"] = await bench.cohort(sse, mode.fast_streams, FAST)
         if ws is not None and mode.ws_fast:
@@ -1291,9 +1305,9 @@ async def profile(ctx: Context, seconds: float, what: str, streams: int) -> None
             return {}
         if what == "answers":
             # Measured first, then again under the profiler (which slows the loop).
-            await answer_cost(bench, streams)
+            print_answer_cost(await answer_cost(bench, streams))
             await call(bench, "/__bench__/profile/start")
-            await answer_cost(bench, streams, report=False)
+            await answer_cost(bench, streams)
         else:
             await call(bench, "/__bench__/profile/start")
         if what == "stft":
@@ -1310,18 +1324,20 @@ async def profile(ctx: Context, seconds: float, what: str, streams: int) -> None
     await run_config(ctx, server, relay, body)
 
 
-async def answer_cost(
-    bench: Bench, sessions: int, answers: int = 400, *, report: bool = True
-) -> None:
-    """Print the server's CPU per answer of five tokens, its idle CPU taken out."""
+async def answer_cost(bench: Bench, sessions: int = 4, answers: int = 400) -> dict[str, Any]:
+    """The server's CPU per answer of five tokens, its idle CPU taken out.
+
+    Short answers leave little else to measure: what an answer costs to start, route,
+    store and end, apart from its tokens (the app: a send and a stream, two requests).
+    A ramp pays it for every new answer, N / 10 a second at N streams of 500 tokens.
+    """
     target = bench.targets["sse"]
     phase = Phase("answers")
-    if report:
-        a = bench.probe.sample()
-        await asyncio.sleep(2.0)
-        idle = usage(a, bench.probe.sample())
-        idle_rate = idle["cpu_s"]["server"] / idle["seconds"]
-        idle_threads = idle["server_threads_cpu_s"] / idle["seconds"]
+    a = bench.probe.sample()
+    await asyncio.sleep(2.0)
+    idle = usage(a, bench.probe.sample())
+    idle_rate = idle["cpu_s"]["server"] / idle["seconds"]
+    idle_threads = idle["server_threads_cpu_s"] / idle["seconds"]
     queue = list(range(answers))
 
     async def work() -> None:
@@ -1334,20 +1350,36 @@ async def answer_cost(
     a, ca = bench.probe.sample(), await bench.counters()
     await asyncio.gather(*(work() for _ in range(sessions)))
     b, cb = bench.probe.sample(), await bench.counters()
-    if not report:
-        return
     use = usage(a, b)
-    total = (use["cpu_s"]["server"] - idle_rate * use["seconds"]) * 1000 / answers
-    threads = (use["server_threads_cpu_s"] - idle_threads * use["seconds"]) * 1000 / answers
-    print(
-        f"{answers} answers of 5 tokens, {sessions} at once, in {use['seconds']:.1f} s "
-        f"({len(phase.errors)} errors): server CPU {total:.2f} ms per answer, of which "
-        f"{threads:.2f} ms in threads; idle: {idle_rate:.1%} of a core"
-    )
+    cpu_ms = (use["cpu_s"]["server"] - idle_rate * use["seconds"]) * 1000 / answers
+    threads_ms = (use["server_threads_cpu_s"] - idle_threads * use["seconds"]) * 1000 / answers
     counts = counter_delta(ca, cb)
-    for name in sorted(counts, key=lambda name: -counts[name]):
-        if name.startswith(("db_read:", "db_write:", "db_cpu_us:")):
-            print(f"{counts[name] / answers:9.2f} per answer  {name}")
+    return {
+        "answers": answers,
+        "sessions": sessions,
+        "seconds": use["seconds"],
+        "errors": len(phase.errors),
+        "cpu_ms_per_answer": cpu_ms,
+        "threads_cpu_ms_per_answer": threads_ms,
+        "idle_cpu_share": idle_rate,
+        "db_per_answer": {
+            name: counts[name] / answers
+            for name in sorted(counts, key=lambda name: -counts[name])
+            if name.startswith(("db_read:", "db_write:", "db_cpu_us:"))
+        },
+    }
+
+
+def print_answer_cost(cost: dict[str, Any]) -> None:
+    print(
+        f"{cost['answers']} answers of 5 tokens, {cost['sessions']} at once, in "
+        f"{cost['seconds']:.1f} s ({cost['errors']} errors): server CPU "
+        f"{cost['cpu_ms_per_answer']:.2f} ms per answer, of which "
+        f"{cost['threads_cpu_ms_per_answer']:.2f} ms in threads; idle: "
+        f"{cost['idle_cpu_share']:.1%} of a core"
+    )
+    for name, per_answer in cost["db_per_answer"].items():
+        print(f"{per_answer:9.2f} per answer  {name}")
 
 
 if __name__ == "__main__":
