@@ -26,6 +26,7 @@ from bench import instrument
 instrument.install_redis_counter()
 instrument.install_db_counter()
 instrument.install_gc_timer()
+instrument.install_thread_tracer()
 
 from chatsite.asgi import application as chat_application  # noqa: E402
 

@@ -3,6 +3,7 @@
 - database: every statement on every connection of every thread, through Django's
   `execute_wrapper` (bench/db_writes.py uses it too), split into writes and reads by table;
   (`BENCH_TRACE_SQL=1`: also by the app function that ran them);
+- thread pools (`BENCH_TRACE_THREADS=1`): each work item's CPU, by the function it ran;
 - Redis: every awaited redis-py command (`redis.asyncio`), every pipeline round trip and
   the commands in it, every published wake-up received, and the synchronous client's
   commands (Django's Redis cache: rate limits);
@@ -86,6 +87,44 @@ def _watch_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
     # One wrapper object per thread reconnects for every unit of work: wrap it once.
     if _count_sql not in connection.execute_wrappers:
         connection.execute_wrappers.append(_count_sql)
+
+
+def _work_name(fn: Any) -> str:
+    """The function a thread pool's work item runs, under the wrappers around it."""
+    for _ in range(4):
+        if not hasattr(fn, "func"):
+            break
+        args = getattr(fn, "args", ())
+        # asgiref's thread_handler(loop, exc_info, task_context, func, child); the app's
+        # run_db: _closing(fn, ...).
+        inner = args[-1] if fn.func.__name__ == "thread_handler" and args else None
+        if inner is None and fn.func.__name__ == "_closing" and args:
+            inner = args[0]
+        fn = inner if inner is not None else fn.func
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def install_thread_tracer() -> None:
+    """With `BENCH_TRACE_THREADS=1`: the CPU of every work item of every thread pool (the
+    request threads' sync calls, the database writers), by the function it ran."""
+    if os.environ.get("BENCH_TRACE_THREADS") != "1":
+        return
+    from concurrent.futures import thread
+
+    run = thread._WorkItem.run
+
+    def timed(self: Any) -> None:
+        started = time.thread_time_ns()
+        try:
+            run(self)
+        finally:
+            name = _work_name(self.fn)
+            took = (time.thread_time_ns() - started) // 1000
+            with _lock:
+                counts[f"thread_cpu_us:{name}"] += took
+                counts[f"thread_calls:{name}"] += 1
+
+    thread._WorkItem.run = timed  # type: ignore[method-assign]
 
 
 def install_db_counter() -> None:

@@ -1365,7 +1365,7 @@ async def answer_cost(bench: Bench, sessions: int = 4, answers: int = 400) -> di
         "db_per_answer": {
             name: counts[name] / answers
             for name in sorted(counts, key=lambda name: -counts[name])
-            if name.startswith(("db_read:", "db_write:", "db_cpu_us:"))
+            if name.startswith(("db_read:", "db_write:", "db_cpu_us:", "thread_", "gc_"))
         },
     }
 
