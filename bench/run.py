@@ -94,7 +94,8 @@ class Mode:
     fast_streams: int = 10  # the 200 tokens/s cohort: 2,000 tokens/s too
     idle_streams: int = 40
     stft_runs: int = 6
-    short_answers: int = 100  # answers of five tokens, for the CPU of an answer
+    short_answers: int = 60  # answers of five tokens, for the CPU of an answer
+    idle_sample: float = 1.0  # seconds of the idle server's CPU, taken out of theirs
     levels: tuple[int, ...] = (20, 40, 80, 120, 160, 200, 240, 300)
     settle: float = 1.2  # seconds from a level's start to its window
     window: float = 1.0  # seconds measured per level
@@ -137,6 +138,7 @@ MODES = {
         idle_streams=300,
         stft_runs=30,
         short_answers=400,
+        idle_sample=2.0,
         levels=(20, 40, 60, 80, 100, 120, 140, 160, 180, 200, 230, 260, 300, 350, 400, 500),
         # New streams join at no more than ~15 sends a second, nearer a steady state.
         settle=3.5,
@@ -1000,7 +1002,9 @@ async def measure(bench: Bench) -> dict[str, Any]:
             out["stft_ws"] = await bench.stft(ws)
         note(f"send-to-first-token p50 {out['stft_sse']['stft_ms']['p50']:.1f} ms")
     if "answers" in mode.phases:
-        out["answers"] = await answer_cost(bench, answers=mode.short_answers)
+        out["answers"] = await answer_cost(
+            bench, answers=mode.short_answers, idle_sample=mode.idle_sample
+        )
         note(f"server CPU per short answer {out['answers']['cpu_ms_per_answer']:.2f} ms")
     if "fast" in mode.phases:
         out["fast_sse"] = await bench.cohort(sse, mode.fast_streams, FAST)
@@ -1324,7 +1328,9 @@ async def profile(ctx: Context, seconds: float, what: str, streams: int) -> None
     await run_config(ctx, server, relay, body)
 
 
-async def answer_cost(bench: Bench, sessions: int = 4, answers: int = 400) -> dict[str, Any]:
+async def answer_cost(
+    bench: Bench, sessions: int = 4, answers: int = 400, idle_sample: float = 2.0
+) -> dict[str, Any]:
     """The server's CPU per answer of five tokens, its idle CPU taken out.
 
     Short answers leave little else to measure: what an answer costs to start, route,
@@ -1334,7 +1340,7 @@ async def answer_cost(bench: Bench, sessions: int = 4, answers: int = 400) -> di
     target = bench.targets["sse"]
     phase = Phase("answers")
     a = bench.probe.sample()
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(idle_sample)
     idle = usage(a, bench.probe.sample())
     idle_rate = idle["cpu_s"]["server"] / idle["seconds"]
     idle_threads = idle["server_threads_cpu_s"] / idle["seconds"]
