@@ -35,6 +35,10 @@ COLOR = {
     "app-redis": "#8172b3",
 }
 
+# Share of the server's core that other processes (or the hypervisor) may take in a ramp
+# window whose failure counts without a further window.
+FOREIGN_LIMIT = 0.15
+
 
 def num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
@@ -436,6 +440,11 @@ def markdown(run: Result) -> str:
         body,
     )
     out += [
+        "",
+        "Other processes on the server's core: the core's busy time that the server did not "
+        "use, the hypervisor's steal time included. A ramp level fails when a second window "
+        "confirms the first, or a third when other processes took "
+        f"{FOREIGN_LIMIT:.0%} of the core or more in the second.",
         "",
         "![p99 added latency against concurrent streams](ramp.png)",
         "",

@@ -77,8 +77,6 @@ RAW = RESULTS / "raw"
 BIN = Path(sys.executable).parent
 SERVER_CORE, LOAD_CORE = 0, 1
 LIMIT_MS = 100.0  # capacity: p99 added latency at most this
-# Share of the server's core that other processes may take in a window that counts.
-FOREIGN_LIMIT = 0.15
 REDIS_URL = "redis://127.0.0.1:6379/0"
 MODEL = "openai:bench-model"
 SLOW, FAST = 50.0, 200.0  # tokens/s per stream
@@ -790,7 +788,8 @@ class Bench:
                 # A level fails when a second window confirms the first, so that one
                 # burst does not end the ramp; and a window in which other processes took
                 # a good part of the server's core says nothing about the server: retried.
-                if attempts >= 3 or (attempts >= 2 and level["foreign_load"] < FOREIGN_LIMIT):
+                quiet = level["foreign_load"] < report.FOREIGN_LIMIT
+                if attempts >= 3 or (attempts >= 2 and quiet):
                     break
             results.append(level)
             if level["latency_ms"]["p99"] > LIMIT_MS or level["errors"]:
