@@ -1309,6 +1309,9 @@ async def profile(ctx: Context, seconds: float, what: str, streams: int) -> None
         if what == "answers":
             # Measured first, then again under the profiler (which slows the loop).
             print_answer_cost(await answer_cost(bench, streams))
+            if "ws" in bench.targets:
+                print("over the WebSocket:")
+                print_answer_cost(await answer_cost(bench, streams, transport="ws"))
             await call(bench, "/__bench__/profile/start")
             await answer_cost(bench, streams)
         else:
@@ -1328,7 +1331,11 @@ async def profile(ctx: Context, seconds: float, what: str, streams: int) -> None
 
 
 async def answer_cost(
-    bench: Bench, sessions: int = 4, answers: int = 400, idle_sample: float = 2.0
+    bench: Bench,
+    sessions: int = 4,
+    answers: int = 400,
+    idle_sample: float = 2.0,
+    transport: str = "sse",
 ) -> dict[str, Any]:
     """The server's CPU per answer of five tokens, its idle CPU taken out.
 
@@ -1336,8 +1343,8 @@ async def answer_cost(
     store and end, apart from its tokens (the app: a send and a stream, two requests).
     A ramp pays it for every new answer, N / 10 a second at N streams of 500 tokens.
     """
-    target = bench.targets["sse"]
-    phase = Phase("answers")
+    target = bench.targets[transport]
+    phase = Phase(f"answers-{transport}")
     a = bench.probe.sample()
     await asyncio.sleep(idle_sample)
     idle = usage(a, bench.probe.sample())
