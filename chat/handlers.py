@@ -110,7 +110,6 @@ class ChatASGIHandler(ASGIHandler):
             request, error_response = self.create_request(scope, body_file)
             if request is None:
                 assert error_response is not None
-                body_file.close()
                 await self.send_response(error_response, send)
                 await sync_to_async(error_response.close)()
                 return
