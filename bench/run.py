@@ -1374,7 +1374,7 @@ async def answer_cost(
         "cpu_ms_per_answer": cpu_ms,
         "threads_cpu_ms_per_answer": threads_ms,
         "idle_cpu_share": idle_rate,
-        "db_per_answer": {
+        "counters_per_answer": {
             name: counts[name] / answers
             for name in sorted(counts, key=lambda name: -counts[name])
             if name.startswith(("db_read:", "db_write:", "db_cpu_us:", "thread_", "gc_"))
@@ -1390,7 +1390,7 @@ def print_answer_cost(cost: dict[str, Any]) -> None:
         f"{cost['threads_cpu_ms_per_answer']:.2f} ms in threads; idle: "
         f"{cost['idle_cpu_share']:.1%} of a core"
     )
-    for name, per_answer in cost["db_per_answer"].items():
+    for name, per_answer in cost["counters_per_answer"].items():
         print(f"{per_answer:9.2f} per answer  {name}")
 
 
