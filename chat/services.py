@@ -336,21 +336,31 @@ def _check_send_limits(*, user: User) -> None:
             raise Throttled("Too many messages; wait a moment.", retry_after=max(retry_after, 1))
 
 
-def _path_to(message: Message | None) -> list[Message]:
-    """The messages from the conversation's root to `message`, in one query however long."""
-    if message is None:
-        return []
-    others = Message.objects.filter(conversation_id=message.conversation_id).only(
-        "id", "parent_id", "role", "content"
+def _messages_of(conversation: Conversation) -> dict[uuid.UUID, Message]:
+    """The conversation's messages by id, with what a generation plan and the sibling
+    lists need: one query however long the conversation."""
+    found = Message.objects.filter(conversation_id=conversation.pk).only(
+        "id", "parent_id", "role", "content", "created_at"
     )
-    known = {other.id: other for other in others}
+    return {message.id: message for message in found}
+
+
+def _path_to(message: Message | None, known: dict[uuid.UUID, Message]) -> list[Message]:
+    """The messages from the conversation's root to `message`, from `known`."""
     path = []
-    node: Message | None = message
+    node = message
     while node is not None:
         path.append(node)
         node = known.get(node.parent_id) if node.parent_id else None
     path.reverse()
     return path
+
+
+def _sibling_ids(message: Message, known: dict[uuid.UUID, Message]) -> list[uuid.UUID]:
+    """The versions of `message` (itself included), oldest first, from `known`."""
+    siblings = [other for other in known.values() if other.parent_id == message.parent_id]
+    siblings.sort(key=lambda other: other.created_at)
+    return [other.id for other in siblings]
 
 
 def _clean_content(content: Any) -> str:
@@ -368,7 +378,13 @@ def _available_model(model_id: str) -> str:
 
 
 def _lock(conversation: Conversation) -> Conversation:
-    return Conversation.objects.select_for_update().get(pk=conversation.pk)
+    """The conversation again, its row locked to the end of the transaction; its current
+    leaf comes in the same query (a send's parent, unless it names another)."""
+    return (
+        Conversation.objects.select_for_update(of=("self",))
+        .select_related("current_leaf")
+        .get(pk=conversation.pk)
+    )
 
 
 def _check_not_streaming(parent: Message | None) -> None:
@@ -379,6 +395,24 @@ def _check_not_streaming(parent: Message | None) -> None:
         raise Conflict("The previous answer is still streaming; stop it first.")
 
 
+def _new_answer(*, conversation: Conversation, parent: Message, model_id: str) -> Message:
+    return Message(
+        conversation=conversation,
+        parent=parent,
+        role=Message.Role.ASSISTANT,
+        status=Status.STREAMING,
+        model=model_id,
+        heartbeat_at=timezone.now(),
+    )
+
+
+def _make_current(conversation: Conversation, answer: Message, question: str) -> None:
+    conversation.current_leaf = answer
+    if not conversation.title:
+        conversation.title = _title_from(question)
+    conversation.save(update_fields=["current_leaf", "title", "updated_at"])
+
+
 def _add_answer(
     *, user: User, conversation: Conversation, parent: Message, model_id: str
 ) -> tuple[Message, GenerationPlan]:
@@ -387,19 +421,11 @@ def _add_answer(
     Precondition: inside a transaction holding the conversation's row lock.
     """
     _check_send_limits(user=user)
-    assistant = Message.objects.create(
-        conversation=conversation,
-        parent=parent,
-        role=Message.Role.ASSISTANT,
-        status=Status.STREAMING,
-        model=model_id,
-        heartbeat_at=timezone.now(),
-    )
-    conversation.current_leaf = assistant
-    if not conversation.title:
-        conversation.title = _title_from(parent.content)
-    conversation.save(update_fields=["current_leaf", "title", "updated_at"])
-    return assistant, _generation_plan(conversation=conversation, assistant=assistant)
+    assistant = _new_answer(conversation=conversation, parent=parent, model_id=model_id)
+    assistant.save(force_insert=True)
+    _make_current(conversation, assistant, parent.content)
+    known = _messages_of(conversation)
+    return assistant, _generation_plan(conversation=conversation, assistant=assistant, known=known)
 
 
 def _add_exchange(
@@ -411,9 +437,14 @@ def _add_exchange(
     model_id: str,
     client_key: str = "",
 ) -> tuple[Message, Message, GenerationPlan]:
-    """Add a user message after `parent` and its streaming answer. Same precondition."""
+    """Add a user message after `parent` and its streaming answer. Same precondition.
+
+    Both rows go in with one INSERT, and one read of the conversation's messages gives
+    the model its history and the new message its versions (`sibling_ids`).
+    """
     _check_not_streaming(parent)
-    user_message = Message.objects.create(
+    _check_send_limits(user=user)
+    user_message = Message(
         conversation=conversation,
         parent=parent,
         role=Message.Role.USER,
@@ -421,11 +452,14 @@ def _add_exchange(
         status=Status.COMPLETE,
         client_key=client_key,
     )
-    assistant, plan = _add_answer(
-        user=user, conversation=conversation, parent=user_message, model_id=model_id
-    )
-    # The first answer to a new question has no other versions (nothing to look up).
+    assistant = _new_answer(conversation=conversation, parent=user_message, model_id=model_id)
+    Message.objects.bulk_create([user_message, assistant])
+    _make_current(conversation, assistant, content)
+    known = _messages_of(conversation)
+    user_message.sibling_ids = _sibling_ids(user_message, known)  # type: ignore[attr-defined]
+    # The first answer to a new question has no other versions.
     assistant.sibling_ids = [assistant.id]  # type: ignore[attr-defined]
+    plan = _generation_plan(conversation=conversation, assistant=assistant, known=known)
     return user_message, assistant, plan
 
 
@@ -653,12 +687,16 @@ def _title_from(content: str) -> str:
     return cut.rstrip(" ,;:-") + "…"
 
 
-def _generation_plan(*, conversation: Conversation, assistant: Message) -> GenerationPlan:
+def _generation_plan(
+    *, conversation: Conversation, assistant: Message, known: dict[uuid.UUID, Message]
+) -> GenerationPlan:
+    """What the generation of `assistant` asks the model; `known`: the conversation's
+    messages (`_messages_of`), the new ones included."""
     choice = model_choice(assistant.model)
     assert choice is not None
     turns = tuple(
         Turn(role=message.role, content=message.content)  # type: ignore[arg-type]
-        for message in _path_to(assistant.parent)
+        for message in _path_to(assistant.parent, known)
     )
     return GenerationPlan(
         message_id=assistant.id,

@@ -17,6 +17,7 @@ from django.utils import timezone
 from chat import generation, recovery, services
 from chat.events import Outcome
 from chat.models import Conversation, Message
+from chat.serializers import message_json
 from tests.helpers import BLOCK, ChatApi, ScriptedProvider
 
 pytestmark = pytest.mark.django_db
@@ -151,6 +152,37 @@ def test_the_history_sent_is_the_branch_and_costs_the_same_queries_however_long(
     assert long_turns[-3:] == [("user", "q5"), ("assistant", "a5"), ("user", "q")]
     assert len(long_turns) == 13
     assert long == short
+
+
+def test_a_send_inserts_both_messages_at_once_and_its_reply_needs_no_more_queries(
+    user: Any,
+) -> None:
+    conversation = services.conversation_create(user=user)
+    q0 = question(conversation, None, "q0")
+    a0 = answer(conversation, q0, content="a0")
+    q1 = question(conversation, a0, "q1")
+    conversation.current_leaf = answer(conversation, q1, content="a1")
+    conversation.save()
+
+    with CaptureQueriesContext(connection) as queries:
+        # A new version of q1: a send after a0, which already has a follow-up.
+        asked, answered, plan = services.message_send(
+            user=user, conversation=conversation, content="q1, again", parent_id=str(a0.id)
+        )
+        replies = [message_json(asked), message_json(answered)]
+
+    statements = [query["sql"] for query in queries]
+    assert len([sql for sql in statements if sql.startswith("INSERT")]) == 1
+    assert len([sql for sql in statements if 'FROM "chat_conversation"' in sql]) == 1
+    assert replies[0]["sibling_ids"] == [str(q1.id), str(asked.id)]
+    assert replies[1]["sibling_ids"] == [str(answered.id)]
+    assert Message.objects.get(id=answered.id).parent_id == asked.id
+    assert plan is not None
+    assert [(t.role, t.content) for t in plan.request.turns] == [
+        ("user", "q0"),
+        ("assistant", "a0"),
+        ("user", "q1, again"),
+    ]
 
 
 def test_a_long_first_message_makes_a_short_title(user: Any) -> None:
