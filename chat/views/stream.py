@@ -16,7 +16,7 @@ from chat.events import SSE_PING, Event, rendered_point, resume_point
 from chat.models import Message
 from chat.revocation import Credential, until, watch
 from chat.streams.reader import Ping, follow, is_finished_at
-from chat.views.access import Caller, api_caller
+from chat.views.access import Caller, sign_in
 from chat.views.errors import json_error
 
 # Tells the browser how long to wait before reconnecting after a drop.
@@ -31,13 +31,10 @@ SSE_SIGNED_OUT = b": signed out\n\n"
 async def message_stream(request: HttpRequest, message_id: str) -> HttpResponseBase:
     if request.method != "GET":
         return json_error(405, "method_not_allowed", f"{request.method} is not allowed here.")
-    caller = await api_caller(request)
-    if not isinstance(caller, Caller):
-        return caller
-    try:
-        message = await sync_to_async(services.message_for)(user=caller.user, message_id=message_id)
-    except services.NotFound as error:
-        return json_error(404, error.code, error.message)
+    found = await sync_to_async(_caller_and_message)(request, message_id)
+    if not isinstance(found, tuple):
+        return found
+    caller, message = found
     if message.role != Message.Role.ASSISTANT:
         return json_error(400, "not_an_answer", "Only assistant messages have a stream.")
 
@@ -58,6 +55,21 @@ async def message_stream(request: HttpRequest, message_id: str) -> HttpResponseB
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+def _caller_and_message(
+    request: HttpRequest, message_id: str
+) -> tuple[Caller, Message] | HttpResponseBase:
+    """Who asks and the answer they ask for, in one trip to the request's thread; or the
+    response that refuses them."""
+    caller = sign_in(request)
+    if not isinstance(caller, Caller):
+        return caller
+    try:
+        message = services.message_for(user=caller.user, message_id=message_id)
+    except services.NotFound as error:
+        return json_error(404, error.code, error.message)
+    return caller, message
 
 
 async def _encode(
