@@ -111,6 +111,10 @@ class Mode:
     # Rounds of one reference window each of the in-process and the Redis log, in turns
     # (see `alternating_windows`).
     pairs: int = 0
+    # Rounds of one ramp each of the bare relay and the app, in turns, in steps of
+    # `turn_step` streams (see `capacity_turns`).
+    capacity_rounds: int = 0
+    turn_step: int = 10
     phases: frozenset[str] = frozenset(PHASES)
 
 
@@ -151,6 +155,7 @@ MODES = {
         users=50,
         conversations=400,
         pairs=4,
+        capacity_rounds=2,
     ),
 }
 
@@ -1056,6 +1061,47 @@ def alternating_windows(ctx: Context, server: str) -> list[dict[str, Any]]:
     return rounds
 
 
+def capacity_turns(ctx: Context, server: str, found: dict[str, int | None]) -> list[dict[str, Any]]:
+    """The app's capacity against the bare relay's, ramp by ramp in turns.
+
+    Each configuration's ramp runs once in the run, minutes from the other's, and on a
+    shared machine the same code's capacity moves by a fifth between two ramps an hour
+    apart (the app's SSE ramp read 100, 140 and 140 streams in three ramps within ten
+    minutes). Here each round ramps the bare relay and the app once more, one after the
+    other, in the order ABBA across rounds so that a steady drift cancels, and in finer
+    steps (`turn_step`) from a little below the capacity each reached in its own ramp
+    (`found`); the report takes the median of the rounds' ratios and shows their spread.
+    """
+    step = ctx.mode.turn_step
+
+    def levels(relay: str) -> tuple[int, ...]:
+        start = max((found.get(relay) or 2 * step) - 2 * step, step)
+        return tuple(range(start, start + 40 * step, step))
+
+    async def ramp(bench: Bench) -> dict[str, Any]:
+        await bench.warm_up()
+        result = await bench.ramp(bench.targets["sse"], levels(bench.relay))
+        return {"capacity": result["capacity"], "levels": result["levels"]}
+
+    rounds = []
+    for round_ in range(ctx.mode.capacity_rounds):
+        order = ("raw", "app") if round_ % 2 == 0 else ("app", "raw")
+        caps: dict[str, int | None] = {}
+        p99s: dict[str, list[tuple[int, float]]] = {}
+        for relay in order:
+            result = asyncio.run(run_config(ctx, server, relay, ramp))
+            caps[relay] = result["capacity"]
+            p99s[relay] = [(lv["streams"], lv["latency_ms"]["p99"]) for lv in result["levels"]]
+        value = caps["app"] / caps["raw"] if caps["app"] and caps["raw"] else None
+        shown = f"{value:.2f}x" if value is not None else "-"
+        print(
+            f"  round {round_ + 1}: app {caps['app']} / bare relay {caps['raw']} streams = {shown}",
+            flush=True,
+        )
+        rounds.append({"server": server, "round": round_ + 1, **caps, "p99_ms": p99s})
+    return rounds
+
+
 # --- Checks and the machine ----------------------------------------------------------
 
 
@@ -1179,6 +1225,11 @@ def parse_args() -> argparse.Namespace:
         type=int,
         help="rounds of in-process and Redis log windows in turns (full mode: 4)",
     )
+    parser.add_argument(
+        "--capacity-rounds",
+        type=int,
+        help="rounds of the bare relay's and the app's ramps in turns (full mode: 2)",
+    )
     return parser.parse_args()
 
 
@@ -1200,6 +1251,8 @@ def main() -> None:
         mode = dataclasses.replace(mode, window=args.window)
     if args.pairs is not None:
         mode = dataclasses.replace(mode, pairs=args.pairs)
+    if args.capacity_rounds is not None:
+        mode = dataclasses.replace(mode, capacity_rounds=args.capacity_rounds)
     if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         raise SystemExit("the benchmark needs two cores and `taskset` (util-linux)")
     os.sched_setaffinity(0, {LOAD_CORE})
@@ -1244,6 +1297,17 @@ def main() -> None:
                 if {(server, "app"), (server, "app-redis")} <= set(configs):
                     print(f"{server}: in-process and Redis log in turns", flush=True)
                     pairs += alternating_windows(ctx, server)
+        capacity_rounds = []
+        if "ramp" in mode.phases and mode.capacity_rounds:
+            for server in dict.fromkeys(server for server, _relay in configs):
+                ramped = {
+                    r["relay"]: r["ramp_sse"]["capacity"]
+                    for r in results
+                    if r["server"] == server and r.get("ramp_sse", {}).get("full")
+                }
+                if {"raw", "app"} <= set(ramped):
+                    print(f"{server}: the bare relay's and the app's ramps in turns", flush=True)
+                    capacity_rounds += capacity_turns(ctx, server, ramped)
         run = {
             "mode": mode.name,
             "settings": {k: v for k, v in dataclasses.asdict(mode).items() if k != "configs"},
@@ -1252,6 +1316,7 @@ def main() -> None:
             "machine": machine(),
             "results": results,
             "pairs": pairs,
+            "capacity_rounds": capacity_rounds,
         }
         out = RAW / f"run-{stamp}-{mode.name}.json"
         out.write_text(json.dumps(run, indent=1, default=list))
